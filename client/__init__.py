@@ -1,0 +1,1 @@
+"""Flower ClientApp and client side of secure aggregation (imported as fedrec.client)."""

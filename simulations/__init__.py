@@ -1,0 +1,1 @@
+"""Simulation runner, configs and benchmarks (imported as fedrec.simulations)."""
