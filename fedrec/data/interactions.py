@@ -99,7 +99,8 @@ class Interactions:
         n = len(self.users)
         for name in ("items", "ratings", "timestamps"):
             if len(getattr(self, name)) != n:
-                raise DataError(f"Interactions: column {name!r} has {len(getattr(self, name))} rows, users has {n}")
+                got = len(getattr(self, name))
+                raise DataError(f"Interactions: column {name!r} has {got} rows, users has {n}")
         if len(self.user_ids) != self.n_users or len(self.item_ids) != self.n_items:
             raise DataError("Interactions: id maps must cover n_users and n_items")
         if n and (self.users.min() < 0 or self.users.max() >= self.n_users):
@@ -124,13 +125,17 @@ class Interactions:
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
         n = len(users)
-        n_users = n_users if n_users is not None else (len(user_ids) if user_ids else int(users.max(initial=-1)) + 1)
-        n_items = n_items if n_items is not None else (len(item_ids) if item_ids else int(items.max(initial=-1)) + 1)
+        if n_users is None:
+            n_users = len(user_ids) if user_ids else int(users.max(initial=-1)) + 1
+        if n_items is None:
+            n_items = len(item_ids) if item_ids else int(items.max(initial=-1)) + 1
         return cls(
             users=users,
             items=items,
             ratings=np.ones(n, np.float32) if ratings is None else np.asarray(ratings, np.float32),
-            timestamps=np.zeros(n, np.int64) if timestamps is None else np.asarray(timestamps, np.int64),
+            timestamps=(
+                np.zeros(n, np.int64) if timestamps is None else np.asarray(timestamps, np.int64)
+            ),
             n_users=n_users,
             n_items=n_items,
             user_ids=user_ids or IdMap.range(n_users),
@@ -165,8 +170,16 @@ class Interactions:
 
     def with_ratings(self, ratings: np.ndarray) -> Interactions:
         """Same rows with other ratings (e.g. implicit 1.0 for ranking)."""
-        return Interactions(self.users, self.items, np.asarray(ratings, np.float32), self.timestamps,
-                            self.n_users, self.n_items, self.user_ids, self.item_ids)
+        return Interactions(
+            self.users,
+            self.items,
+            np.asarray(ratings, np.float32),
+            self.timestamps,
+            self.n_users,
+            self.n_items,
+            self.user_ids,
+            self.item_ids,
+        )
 
     def save(self, directory: Path) -> None:
         """Write ``interactions.npz`` and ``id_maps.json`` (atomic, via temp files)."""
@@ -176,7 +189,13 @@ class Interactions:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, users=self.users, items=self.items, ratings=self.ratings, timestamps=self.timestamps)
+        np.savez(
+            buf,
+            users=self.users,
+            items=self.items,
+            ratings=self.ratings,
+            timestamps=self.timestamps,
+        )
         atomic_write_bytes(directory / "interactions.npz", buf.getvalue())
         maps = {"user_ids": list(self.user_ids.ids), "item_ids": list(self.item_ids.ids)}
         atomic_write_bytes(directory / "id_maps.json", json.dumps(maps).encode())
@@ -190,8 +209,16 @@ class Interactions:
         except (OSError, ValueError) as exc:
             raise DataError(f"{directory}: cannot read saved interactions: {exc}") from exc
         user_ids, item_ids = IdMap(tuple(maps["user_ids"])), IdMap(tuple(maps["item_ids"]))
-        return cls(arrays["users"], arrays["items"], arrays["ratings"], arrays["timestamps"],
-                   len(user_ids), len(item_ids), user_ids, item_ids)
+        return cls(
+            arrays["users"],
+            arrays["items"],
+            arrays["ratings"],
+            arrays["timestamps"],
+            len(user_ids),
+            len(item_ids),
+            user_ids,
+            item_ids,
+        )
 
 
 @dataclass(frozen=True)

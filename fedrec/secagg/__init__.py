@@ -1,1 +1,79 @@
-"""fedrec.secagg."""
+"""Secure aggregation (SecAgg+) without transport: client and server state machines.
+
+A round sums clients' float vectors so that the server learns only the sum of
+the clients that finished, tolerating dropouts at every stage:
+
+0. :class:`SecAggServer` publishes a :class:`Setup` (round id, participants,
+   threshold ``t``, neighbourhood graph, quantization layout).
+1. Each :class:`SecAggClient` answers :meth:`~SecAggClient.advertise` with two
+   X25519 public keys (:class:`AdvertiseKeys`).
+2. With its neighbours' keys (:class:`PeerKeys`) a client Shamir-shares its
+   self-mask seed and mask private key, encrypted per neighbour
+   (:class:`ShareKeys`); the server routes them (:class:`RoutedShares`).
+3. A client sends its quantized input plus self mask plus pairwise masks
+   (:class:`MaskedInput`).
+4. Survivors reveal self-mask shares of survivors and key shares of dropped
+   neighbours (:class:`UnmaskRequest` / :class:`UnmaskResponse`); the server
+   removes all masks and returns :class:`AggregateResult`.
+
+Every refusal raises a :class:`~fedrec.errors.SecAggError` sub-class; a round
+left with fewer than ``t`` clients raises :class:`~fedrec.errors.SecAggAbort`.
+:func:`run_round` drives a whole round in one process (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+from fedrec.secagg.client import SecAggClient
+from fedrec.secagg.errors import (
+    SecAggAbort,
+    SecAggConfigError,
+    SecAggError,
+    SecAggIntegrityError,
+    SecAggMessageError,
+    SecAggProtocolError,
+)
+from fedrec.secagg.graph import build_graph, neighbours_of
+from fedrec.secagg.messages import (
+    AdvertiseKeys,
+    MaskedInput,
+    Message,
+    PeerKeys,
+    RoutedShares,
+    Setup,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    payload_size,
+)
+from fedrec.secagg.quantize import QuantConfig, SegmentSpec
+from fedrec.secagg.server import AggregateResult, SecAggServer
+from fedrec.secagg.simulate import RoundTrace, build_cohort, run_round
+
+__all__ = [
+    "AdvertiseKeys",
+    "AggregateResult",
+    "MaskedInput",
+    "Message",
+    "PeerKeys",
+    "QuantConfig",
+    "RoundTrace",
+    "RoutedShares",
+    "SecAggAbort",
+    "SecAggClient",
+    "SecAggConfigError",
+    "SecAggError",
+    "SecAggIntegrityError",
+    "SecAggMessageError",
+    "SecAggProtocolError",
+    "SecAggServer",
+    "SegmentSpec",
+    "Setup",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "build_cohort",
+    "build_graph",
+    "neighbours_of",
+    "payload_size",
+    "run_round",
+]

@@ -1,0 +1,508 @@
+"""The server side of one SecAgg+ round: routing, dropout tracking, unmasking.
+
+Each ``collect_*`` method takes the replies that arrived for a stage
+(``node id -> message or its dict form``) and returns the messages for the
+next stage (``node id -> message``). Nodes that did not reply have dropped.
+
+A reply that fails validation is logged with the reason, recorded in
+:attr:`SecAggServer.rejected` and treated as a dropout, so one faulty or
+malicious client cannot stop the round; with ``strict=True`` the first invalid
+reply raises instead (and nothing from that stage is kept). When fewer than
+``t`` clients remain, or a needed secret has fewer than ``t`` share holders
+left, the round ends with :class:`SecAggAbort` before any share is requested
+or used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from fedrec.secagg.errors import (
+    SecAggAbort,
+    SecAggConfigError,
+    SecAggError,
+    SecAggIntegrityError,
+    SecAggMessageError,
+    SecAggProtocolError,
+)
+from fedrec.secagg.field import element_from_bytes, reconstruct_with
+from fedrec.secagg.graph import GRAPH_SEED_BYTES, build_graph, check_participants, check_threshold
+from fedrec.secagg.keys import KeyPair, mask_seed
+from fedrec.secagg.messages import (
+    AdvertiseKeys,
+    MaskedInput,
+    PeerKeys,
+    RoutedShares,
+    Setup,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    coerce,
+)
+from fedrec.secagg.prg import DOMAIN_PAIR, DOMAIN_SELF, expand
+from fedrec.secagg.quantize import QuantConfig, dequantize
+
+__all__ = ["AggregateResult", "SecAggServer"]
+
+logger = logging.getLogger("fedrec.secagg.server")
+
+_SEED_LIMIT = 1 << 256
+_M = TypeVar("_M", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse)
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """Outcome of a completed round.
+
+    Attributes
+    ----------
+    sums:
+        Segment name -> float64 sum over the contributors of the clipped
+        inputs, within the quantization bound of :mod:`fedrec.secagg.quantize`.
+    n_contributors:
+        Number of clients whose masked input is in the sum.
+    survivors:
+        Their node ids, ascending.
+    dropped:
+        Participants whose input is not in the sum, ascending.
+    rejected:
+        Node id -> reason, for replies refused during the round.
+    """
+
+    sums: dict[str, np.ndarray]
+    n_contributors: int
+    survivors: list[int]
+    dropped: list[int]
+    rejected: dict[int, str] = field(default_factory=dict)
+
+
+class SecAggServer:
+    """Coordinator of one round among ``participants``.
+
+    Parameters
+    ----------
+    round_id:
+        Round identifier in ``[0, 2^64)``; bound into every key and ciphertext.
+    participants:
+        Node ids taking part (any order, unique).
+    threshold:
+        Shamir threshold ``t``: shares needed to rebuild a secret, and the
+        fewest clients the round may end with. Must be in ``[1, k]`` and, unless
+        ``allow_minority_threshold``, more than ``k / 2``.
+    neighbours:
+        ``"all"`` for the complete graph, or the degree ``k`` of the random
+        ``k``-regular graph (``k >= n - 1`` means complete).
+    quant:
+        Vector layout and ring; unset scales are resolved for ``n`` clients.
+    graph_seed:
+        32 bytes fixing the graph; fresh from the OS when omitted.
+    strict:
+        Raise on the first invalid reply instead of dropping its sender.
+    """
+
+    def __init__(
+        self,
+        *,
+        round_id: int,
+        participants: Sequence[int],
+        threshold: int,
+        neighbours: int | Literal["all"],
+        quant: QuantConfig,
+        graph_seed: bytes | None = None,
+        strict: bool = False,
+        allow_minority_threshold: bool = False,
+    ) -> None:
+        ids = _sorted_ids(participants)
+        degree = _degree(neighbours, len(ids))
+        seed = os.urandom(GRAPH_SEED_BYTES) if graph_seed is None else graph_seed
+        self._graph = build_graph(ids, degree=degree, seed=seed, round_id=round_id)
+        k = len(self._graph[ids[0]])
+        check_threshold(threshold, k, allow_minority_threshold=allow_minority_threshold)
+        try:
+            self.setup = Setup(
+                round_id=round_id,
+                participants=ids,
+                threshold=threshold,
+                degree=degree,
+                graph_seed=seed,
+                quant=quant.resolve(len(ids)),
+            )
+        except SecAggMessageError as exc:
+            raise SecAggConfigError(str(exc)) from None
+        self._strict = strict
+        self._probe = KeyPair.generate(os.urandom)
+        self._stage = "keys"
+        self._abort_reason: str | None = None
+        self.rejected: dict[int, str] = {}
+        self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._holders: dict[int, frozenset[int]] = {}
+        self._routed: dict[int, frozenset[int]] = {}
+        self._requests: dict[int, UnmaskRequest] = {}
+        self._u1: frozenset[int] = frozenset()
+        self._u2: frozenset[int] = frozenset()
+        self._u3: frozenset[int] = frozenset()
+        self._acc: np.ndarray | None = None
+        self._result: AggregateResult | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SecAggServer(round_id={self.setup.round_id}, n={len(self.setup.participants)}, "
+            f"t={self.setup.threshold}, k={self.setup.k}, stage={self._stage!r})"
+        )
+
+    @property
+    def threshold(self) -> int:
+        """Shamir threshold ``t``."""
+        return self.setup.threshold
+
+    @property
+    def stage(self) -> str:
+        """``keys``, ``shares``, ``masked``, ``unmask``, ``done`` or ``aborted``."""
+        return self._stage
+
+    @property
+    def graph(self) -> dict[int, frozenset[int]]:
+        """Every participant's neighbourhood."""
+        return dict(self._graph)
+
+    def setup_messages(self) -> dict[int, Setup]:
+        """Stage 0: the same :class:`Setup` for every participant."""
+        return {node: self.setup for node in self.setup.participants}
+
+    # -- stage plumbing -------------------------------------------------
+
+    def _enter(self, stage: str) -> None:
+        if self._stage == "aborted":
+            raise SecAggAbort(f"round {self.setup.round_id} was aborted: {self._abort_reason}")
+        if self._stage != stage:
+            raise SecAggProtocolError(
+                f"server: collect for stage {stage!r} called in stage {self._stage!r}"
+            )
+
+    def _abort(self, reason: str) -> SecAggAbort:
+        self._stage = "aborted"
+        self._abort_reason = reason
+        self._acc = None
+        logger.error("round %d aborted: %s", self.setup.round_id, reason)
+        return SecAggAbort(f"round {self.setup.round_id} aborted: {reason}")
+
+    def _require(self, alive: int, what: str) -> None:
+        if alive < self.threshold:
+            raise self._abort(f"{alive} {what}, threshold t={self.threshold} not met")
+
+    def _accept(
+        self,
+        replies: Mapping[int, object],
+        cls: type[_M],
+        allowed: frozenset[int],
+        check: Callable[[int, _M], None],
+    ) -> dict[int, _M]:
+        accepted: dict[int, _M] = {}
+        reasons: dict[int, str] = {}
+        for node, reply in replies.items():
+            try:
+                msg = coerce(cls, reply)
+                self._check_sender(cls.__name__, node, msg.round_id, msg.node_id, allowed)
+                check(node, msg)
+            except SecAggError as exc:
+                if self._strict:
+                    raise
+                reasons[node] = str(exc)
+                continue
+            accepted[node] = msg
+        for node, reason in reasons.items():
+            self.rejected.setdefault(node, reason)
+            logger.warning(
+                "round %d: rejected %s from node %s: %s",
+                self.setup.round_id,
+                cls.__name__,
+                node,
+                reason,
+            )
+        return accepted
+
+    def _check_sender(
+        self, kind: str, node: object, round_id: int, node_id: int, allowed: frozenset[int]
+    ) -> None:
+        if round_id != self.setup.round_id:
+            raise SecAggMessageError(
+                f"{kind}: round {round_id}, this round is {self.setup.round_id}"
+            )
+        if node_id != node:
+            raise SecAggMessageError(f"{kind}: claims node {node_id} but arrived from node {node}")
+        if node_id not in allowed:
+            raise SecAggMessageError(f"{kind}: node {node_id} is not expected at this stage")
+
+    # -- stage 1 -> 2 ---------------------------------------------------
+
+    def collect_keys(
+        self, replies: Mapping[int, AdvertiseKeys | Mapping[str, Any]]
+    ) -> dict[int, PeerKeys]:
+        """Advertised keys in; each live client's neighbours' keys out."""
+        self._enter("keys")
+        accepted = self._accept(
+            replies, AdvertiseKeys, frozenset(self.setup.participants), self._check_advertise
+        )
+        accepted = self._drop_duplicate_keys(accepted)
+        self._keys = {node: (m.c_pk, m.s_pk) for node, m in accepted.items()}
+        self._u1 = frozenset(accepted)
+        self._require(len(self._u1), "clients advertised keys")
+        self._stage = "shares"
+        logger.debug("round %d: %d clients advertised keys", self.setup.round_id, len(self._u1))
+        out = {}
+        for node in sorted(self._u1):
+            peers = sorted(self._graph[node] & self._u1)
+            out[node] = PeerKeys(
+                round_id=self.setup.round_id,
+                node_id=node,
+                peers=tuple(peers),
+                c_pks=tuple(self._keys[p][0] for p in peers),
+                s_pks=tuple(self._keys[p][1] for p in peers),
+            )
+        return out
+
+    def _check_advertise(self, node: int, msg: AdvertiseKeys) -> None:
+        if msg.c_pk == msg.s_pk:
+            raise SecAggMessageError(f"AdvertiseKeys: node {node} sent two equal public keys")
+        self._probe.agree(msg.c_pk)
+        self._probe.agree(msg.s_pk)
+
+    def _drop_duplicate_keys(self, accepted: dict[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]:
+        counts = Counter(k for m in accepted.values() for k in (m.c_pk, m.s_pk))
+        clashing = {n for n, m in accepted.items() if counts[m.c_pk] > 1 or counts[m.s_pk] > 1}
+        if clashing and self._strict:
+            raise SecAggMessageError(f"AdvertiseKeys: nodes {sorted(clashing)} share public keys")
+        for node in sorted(clashing):
+            reason = "AdvertiseKeys: public key also advertised by another node"
+            self.rejected.setdefault(node, reason)
+            logger.warning("round %d: rejected node %d: %s", self.setup.round_id, node, reason)
+        return {n: m for n, m in accepted.items() if n not in clashing}
+
+    # -- stage 2 -> 3 ---------------------------------------------------
+
+    def collect_shares(
+        self, replies: Mapping[int, ShareKeys | Mapping[str, Any]]
+    ) -> dict[int, RoutedShares]:
+        """Encrypted shares in; each live client's incoming ciphertexts out."""
+        self._enter("shares")
+        accepted = self._accept(replies, ShareKeys, self._u1, self._check_share)
+        self._u2 = frozenset(accepted)
+        self._require(len(self._u2), "clients sent shares")
+        inbox: dict[int, dict[int, bytes]] = {node: {} for node in self._u2}
+        for sender, msg in accepted.items():
+            self._holders[sender] = frozenset(msg.receivers) & self._u2
+            for receiver, ciphertext in msg.as_mapping().items():
+                if receiver in inbox:
+                    inbox[receiver][sender] = ciphertext
+        self._routed = {node: frozenset(box) for node, box in inbox.items()}
+        self._stage = "masked"
+        logger.debug("round %d: %d clients sent shares", self.setup.round_id, len(self._u2))
+        return {
+            node: RoutedShares.from_mapping(
+                round_id=self.setup.round_id, node_id=node, ciphertexts=inbox[node]
+            )
+            for node in sorted(self._u2)
+        }
+
+    def _check_share(self, node: int, msg: ShareKeys) -> None:
+        expected = self._graph[node] & self._u1
+        if set(msg.receivers) != expected:
+            raise SecAggMessageError(
+                f"ShareKeys: node {node} addressed {len(msg.receivers)} receivers, expected "
+                f"exactly its {len(expected)} live neighbours"
+            )
+
+    # -- stage 3 -> 4 ---------------------------------------------------
+
+    def collect_masked(
+        self, replies: Mapping[int, MaskedInput | Mapping[str, Any]]
+    ) -> dict[int, UnmaskRequest]:
+        """Masked vectors in; each survivor's unmask request out."""
+        self._enter("masked")
+        accepted = self._accept(replies, MaskedInput, self._u2, self._check_masked)
+        self._u3 = frozenset(accepted)
+        self._require(len(self._u3), "clients sent masked input")
+        self._check_recoverable()
+        acc = np.zeros(self.setup.quant.total_length, dtype=self.setup.quant.dtype)
+        for msg in accepted.values():
+            np.add(acc, msg.masked, out=acc)
+        self._acc = acc
+        self._requests = {
+            node: UnmaskRequest(
+                round_id=self.setup.round_id,
+                node_id=node,
+                survivors=tuple(sorted(self._routed[node] & self._u3)),
+                dropped=tuple(sorted(self._routed[node] - self._u3)),
+            )
+            for node in sorted(self._u3)
+        }
+        self._stage = "unmask"
+        logger.debug(
+            "round %d: %d masked inputs, %d dropped after sharing",
+            self.setup.round_id,
+            len(self._u3),
+            len(self._u2 - self._u3),
+        )
+        return dict(self._requests)
+
+    def _check_masked(self, node: int, msg: MaskedInput) -> None:
+        quant = self.setup.quant
+        if msg.masked.dtype != quant.dtype:
+            raise SecAggMessageError(
+                f"MaskedInput: node {node} sent dtype {msg.masked.dtype}, expected {quant.dtype}"
+            )
+        if msg.masked.shape != (quant.total_length,):
+            raise SecAggMessageError(
+                f"MaskedInput: node {node} sent {msg.masked.shape[0]} elements, "
+                f"expected {quant.total_length}"
+            )
+
+    def _needed(self) -> tuple[list[int], list[int]]:
+        dropped = sorted(j for j in self._u2 - self._u3 if self._holders[j] & self._u3)
+        return sorted(self._u3), dropped
+
+    def _check_recoverable(self) -> None:
+        survivors, dropped = self._needed()
+        for node in survivors + dropped:
+            alive = len(self._holders[node] & self._u3)
+            if alive < self.threshold:
+                what = "self-mask seed" if node in self._u3 else "mask key"
+                raise self._abort(
+                    f"only {alive} surviving holders of node {node}'s {what} shares, "
+                    f"threshold t={self.threshold} not met"
+                )
+
+    # -- stage 4 -> result ----------------------------------------------
+
+    def collect_unmask(
+        self, replies: Mapping[int, UnmaskResponse | Mapping[str, Any]]
+    ) -> AggregateResult:
+        """Revealed shares in; the unmasked, dequantized per-segment sums out."""
+        self._enter("unmask")
+        accepted = self._accept(replies, UnmaskResponse, self._u3, self._check_unmask)
+        self._require(len(accepted), "clients answered the unmask request")
+        seed_points, key_points = self._gather(accepted)
+        survivors, dropped = self._needed()
+        pool = tuple(node + 1 for node in sorted(accepted))[: self.threshold + 1]
+        seeds = {j: self._rebuild_seed(j, seed_points.get(j, {}), pool) for j in survivors}
+        keys = {j: self._rebuild_key(j, key_points.get(j, {}), pool) for j in dropped}
+        assert self._acc is not None
+        acc = self._acc
+        self._remove_masks(acc, seeds, keys)
+        sums = dequantize(acc, self.setup.quant, n_clients=len(survivors))
+        self._acc = None
+        self._result = AggregateResult(
+            sums=sums,
+            n_contributors=len(survivors),
+            survivors=survivors,
+            dropped=sorted(set(self.setup.participants) - self._u3),
+            rejected=dict(self.rejected),
+        )
+        self._stage = "done"
+        logger.debug(
+            "round %d: unmasked the sum of %d clients (%d shares from %d responders)",
+            self.setup.round_id,
+            len(survivors),
+            len(seeds) + len(keys),
+            len(accepted),
+        )
+        return self._result
+
+    def _check_unmask(self, node: int, msg: UnmaskResponse) -> None:
+        request = self._requests[node]
+        if (msg.survivors, msg.dropped) != (request.survivors, request.dropped):
+            raise SecAggMessageError(
+                f"UnmaskResponse: node {node} answered for a different survivor/dropped split"
+            )
+        for share in msg.seed_shares + msg.key_shares:
+            element_from_bytes(share)
+
+    def _gather(
+        self, accepted: Mapping[int, UnmaskResponse]
+    ) -> tuple[dict[int, dict[int, int]], dict[int, dict[int, int]]]:
+        seed_points: dict[int, dict[int, int]] = {}
+        key_points: dict[int, dict[int, int]] = {}
+        for holder, msg in accepted.items():
+            for owner, share in zip(msg.survivors, msg.seed_shares, strict=True):
+                seed_points.setdefault(owner, {})[holder + 1] = element_from_bytes(share)
+            for owner, share in zip(msg.dropped, msg.key_shares, strict=True):
+                key_points.setdefault(owner, {})[holder + 1] = element_from_bytes(share)
+        return seed_points, key_points
+
+    def _interpolate(
+        self, node: int, points: dict[int, int], what: str, pool: tuple[int, ...]
+    ) -> int:
+        if len(points) < self.threshold:
+            raise self._abort(
+                f"only {len(points)} shares of node {node}'s {what} arrived, "
+                f"threshold t={self.threshold} not met"
+            )
+        return reconstruct_with(points, threshold=self.threshold, pool=pool)
+
+    def _rebuild_seed(self, node: int, points: dict[int, int], pool: tuple[int, ...]) -> bytes:
+        value = self._interpolate(node, points, "self-mask seed", pool)
+        if value >= _SEED_LIMIT:
+            raise self._integrity(f"shares of node {node}'s self-mask seed are inconsistent")
+        return value.to_bytes(32, "big")
+
+    def _rebuild_key(self, node: int, points: dict[int, int], pool: tuple[int, ...]) -> KeyPair:
+        value = self._interpolate(node, points, "mask key", pool)
+        if value >= _SEED_LIMIT:
+            raise self._integrity(f"shares of node {node}'s mask key are inconsistent")
+        pair = KeyPair.from_private_bytes(value.to_bytes(32, "big"))
+        if pair.public != self._keys[node][1]:
+            raise self._integrity(f"shares of node {node}'s mask key do not match its public key")
+        return pair
+
+    def _integrity(self, reason: str) -> SecAggIntegrityError:
+        self._abort(reason)
+        return SecAggIntegrityError(f"round {self.setup.round_id} aborted: {reason}")
+
+    def _remove_masks(
+        self, acc: np.ndarray, seeds: Mapping[int, bytes], keys: Mapping[int, KeyPair]
+    ) -> None:
+        n, dtype, rid = acc.shape[0], acc.dtype, self.setup.round_id
+        for seed in seeds.values():
+            np.subtract(
+                acc, expand(seed, n, dtype=dtype, round_id=rid, domain=DOMAIN_SELF), out=acc
+            )
+        for dropped, pair in keys.items():
+            for survivor in sorted(self._holders[dropped] & self._u3):
+                shared = pair.agree(self._keys[survivor][1])
+                seed = mask_seed(shared, round_id=rid, a=dropped, b=survivor)
+                stream = expand(seed, n, dtype=dtype, round_id=rid, domain=DOMAIN_PAIR)
+                if dropped > survivor:
+                    np.subtract(acc, stream, out=acc)
+                else:
+                    np.add(acc, stream, out=acc)
+
+    def result(self) -> AggregateResult:
+        """The completed round's result; raises if the round aborted or is not finished."""
+        if self._stage == "aborted":
+            raise SecAggAbort(f"round {self.setup.round_id} was aborted: {self._abort_reason}")
+        if self._result is None:
+            raise SecAggProtocolError(f"round {self.setup.round_id} is at stage {self._stage!r}")
+        return self._result
+
+
+def _sorted_ids(participants: Sequence[int]) -> tuple[int, ...]:
+    try:
+        ordered = sorted(participants)
+    except TypeError:
+        raise SecAggConfigError("participant ids must be ints") from None
+    return check_participants(ordered)
+
+
+def _degree(neighbours: int | str, n: int) -> int | None:
+    if neighbours == "all":
+        return None
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise SecAggConfigError(f"neighbours must be 'all' or a positive int, got {neighbours!r}")
+    return None if neighbours >= n - 1 else neighbours

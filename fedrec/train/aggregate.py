@@ -1,0 +1,117 @@
+"""Server-side aggregation: from summed device updates to a new global table.
+
+The server only ever sees *sums* over a round's surviving devices (with secure
+aggregation, it cannot see anything else). From the summed deltas and summed
+touch counts it forms a pseudo-gradient and hands it to a server optimizer:
+
+- ``item`` averaging divides each item's summed delta by the number of devices
+  that touched it: a popular item moves as much as a rare one (the usual choice
+  for federated MF, where most devices touch few items).
+- ``fedavg`` divides by the number of contributing devices, as FedAvg does.
+  Under user-level DP this is the one to use: it needs no per-item counts, whose
+  exact values would otherwise have to be privatised too.
+
+Optimizers follow Reddi et al. (2021), "Adaptive Federated Optimization": plain
+server learning rate, FedAdagrad and FedAdam over the pseudo-gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from fedrec.errors import ConfigError
+from fedrec.model.params import GlobalParams
+
+Averaging = Literal["item", "fedavg"]
+AVERAGINGS = ("item", "fedavg")
+OPTIMIZERS = ("sgd", "adam", "adagrad")
+
+
+@dataclass(frozen=True)
+class RoundSums:
+    """The sums a round produced: deltas, counts and how many devices contributed."""
+
+    item_factors: np.ndarray
+    item_bias: np.ndarray
+    counts: np.ndarray
+    n_clients: int
+
+
+def pseudo_gradient(sums: RoundSums, *, averaging: Averaging, expected_clients: float | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean update per item (``item``) or per device (``fedavg``), as a descent direction.
+
+    ``expected_clients`` replaces the observed count in ``fedavg`` mode (under
+    Poisson sampling with DP, dividing by the *expected* cohort keeps the
+    sensitivity fixed).
+    """
+    if averaging == "item":
+        denom = np.maximum(sums.counts, 1.0)
+        return sums.item_factors / denom[:, None], sums.item_bias / denom
+    if averaging == "fedavg":
+        n = expected_clients if expected_clients is not None else max(sums.n_clients, 1)
+        return sums.item_factors / n, sums.item_bias / n
+    raise ConfigError(f"strategy.averaging: {averaging!r} is not one of {AVERAGINGS}")
+
+
+@dataclass(frozen=True)
+class ServerOptConfig:
+    """Server optimizer settings (``strategy.*`` keys in the run config)."""
+
+    name: str = "sgd"
+    lr: float = 3.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"strategy.optimizer: {self.name!r} is not one of {OPTIMIZERS}")
+        if self.lr <= 0:
+            raise ConfigError(f"strategy.server-lr: must be > 0, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("strategy.beta1/beta2: must be in [0, 1)")
+        if self.eps <= 0:
+            raise ConfigError(f"strategy.eps: must be > 0, got {self.eps}")
+
+
+@dataclass
+class ServerOptimizer:
+    """Applies pseudo-gradients to the global table; its state is part of a checkpoint."""
+
+    config: ServerOptConfig
+    step_count: int = 0
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def apply(self, glob: GlobalParams, delta_q: np.ndarray, delta_b: np.ndarray) -> GlobalParams:
+        """Return the table moved along the (averaged) update direction."""
+        self.step_count += 1
+        step_q = self._step("item_factors", delta_q)
+        step_b = self._step("item_bias", delta_b)
+        return glob.replace(item_factors=(glob.item_factors + step_q).astype(np.float32),
+                            item_bias=(glob.item_bias + step_b).astype(np.float32))
+
+    def _step(self, name: str, delta: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.name == "sgd":
+            return cfg.lr * delta
+        v = self.state.setdefault(f"{name}.v", np.zeros_like(delta))
+        if cfg.name == "adagrad":
+            v += delta * delta
+            return cfg.lr * delta / (np.sqrt(v) + cfg.eps)
+        m = self.state.setdefault(f"{name}.m", np.zeros_like(delta))
+        m *= cfg.beta1
+        m += (1 - cfg.beta1) * delta
+        v *= cfg.beta2
+        v += (1 - cfg.beta2) * delta * delta
+        return cfg.lr * m / (np.sqrt(v) + cfg.eps)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.state)
+
+    def load_state(self, arrays: dict[str, np.ndarray], step_count: int) -> None:
+        self.state = {k: np.array(v) for k, v in arrays.items()}
+        self.step_count = step_count

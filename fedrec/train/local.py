@@ -1,0 +1,158 @@
+"""The device's local training step and the update it produces.
+
+A device holds the global item table (downloaded whole, so the download says
+nothing about the user), its own LOCAL parameters and its interactions. It
+trains on the rows of the table it touched and returns a :class:`LocalUpdate`
+whose arrays are DENSE over the whole catalogue: zeros where it has no data, so
+that once masked by secure aggregation nobody can tell which items it touched.
+
+Explicit (ratings): the user factor is first re-solved in closed form against
+the current table (:func:`fold_in`), then ``steps`` full-batch gradient steps
+move the touched item rows (and refine the user factor). Implicit: the user's
+positives plus uniformly sampled negatives form the touched rows; ``steps``
+gradient steps of the logistic loss move the user factor and those rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.errors import ConfigError
+from fedrec.model.mf import MFConfig
+from fedrec.model.params import GlobalParams, LocalParams
+from fedrec.train.foldin import fold_in
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Settings of one local step (sent by the server in each round's config).
+
+    Attributes
+    ----------
+    steps:
+        Full-batch gradient steps on the device per round.
+    lr:
+        Step size for the touched item rows (per-row gradient).
+    user_lr:
+        Step size for the user's own factor (gradient averaged over its rows).
+    fold_in:
+        Re-solve the user factor in closed form before the steps (explicit only).
+    """
+
+    steps: int = 5
+    lr: float = 0.1
+    user_lr: float = 0.05
+    fold_in: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"local.steps: must be >= 1, got {self.steps}")
+        if self.lr <= 0:
+            raise ConfigError(f"local.lr: must be > 0, got {self.lr}")
+        if self.user_lr < 0:
+            raise ConfigError(f"local.user-lr: must be >= 0, got {self.user_lr}")
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What a device contributes to a round, before masking.
+
+    ``item_factors`` and ``item_bias`` are dense deltas over the whole catalogue;
+    ``counts`` is 1 for every row the device touched, 0 elsewhere, so that the
+    server can average per item from sums alone (all three are summed by secure
+    aggregation; the server never sees one device's counts).
+    """
+
+    item_factors: np.ndarray
+    item_bias: np.ndarray
+    counts: np.ndarray
+    n_rows: int
+    loss: float
+
+    def segments(self) -> dict[str, np.ndarray]:
+        """The arrays that are summed across devices, by name."""
+        return {"item_factors": self.item_factors, "item_bias": self.item_bias, "counts": self.counts}
+
+
+def local_update(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray, *,
+                 model: MFConfig, config: LocalConfig, rng: np.random.Generator) -> tuple[LocalUpdate, LocalParams]:
+    """Train on one device's rows; return its dense update and its new LOCAL state."""
+    items = np.asarray(items, np.int64)
+    if model.kind == "explicit":
+        return _explicit_step(glob, local, items, np.asarray(ratings, np.float64), model, config)
+    return _implicit_step(glob, local, items, model, config, rng)
+
+
+def _explicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray,
+                   model: MFConfig, config: LocalConfig) -> tuple[LocalUpdate, LocalParams]:
+    if config.fold_in:
+        local = fold_in(glob, items, ratings, reg=model.reg, bias_reg=model.bias_reg)
+    p = local.user_factor.astype(np.float64)
+    bu = local.user_bias
+    q = glob.item_factors[items].astype(np.float64)
+    b = glob.item_bias[items].astype(np.float64)
+    mu = glob.global_mean
+    for _ in range(config.steps):
+        err = ratings - (mu + bu + b + q @ p)
+        grad_p = (-(err[:, None] * q) + model.reg * p).mean(axis=0)
+        grad_bu = float((-err + model.bias_reg * bu).mean())
+        grad_q = -err[:, None] * p[None, :] + model.reg * q
+        grad_b = -err + model.bias_reg * b
+        p -= config.user_lr * grad_p
+        bu -= config.user_lr * grad_bu
+        q -= config.lr * grad_q
+        b -= config.lr * grad_b
+    err = ratings - (mu + bu + b + q @ p)
+    update = _dense(glob, items, q, b, float(np.mean(err * err)) if len(items) else 0.0)
+    return update, LocalParams(p.astype(np.float32), float(bu))
+
+
+def _implicit_step(glob: GlobalParams, local: LocalParams, positives: np.ndarray, model: MFConfig,
+                   config: LocalConfig, rng: np.random.Generator) -> tuple[LocalUpdate, LocalParams]:
+    positives = np.unique(positives)
+    negatives = sample_negatives(glob.n_items, positives, model.negatives * len(positives), rng)
+    rows = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
+    p = local.user_factor.astype(np.float64)
+    bu = local.user_bias
+    q = glob.item_factors[rows].astype(np.float64)
+    b = glob.item_bias[rows].astype(np.float64)
+    loss = 0.0
+    for _ in range(config.steps):
+        s = bu + b + q @ p
+        sig = 1.0 / (1.0 + np.exp(-s))
+        g = sig - labels  # d loss / d score
+        grad_p = (g[:, None] * q).sum(axis=0) / max(len(positives), 1) + model.reg * p
+        grad_q = g[:, None] * p[None, :] + model.reg * q
+        grad_b = g + model.bias_reg * b
+        p -= config.user_lr * grad_p
+        q -= config.lr * grad_q
+        b -= config.lr * grad_b
+        loss = float(np.mean(np.logaddexp(0.0, s) - labels * s))
+    return _dense(glob, rows, q, b, loss), LocalParams(p.astype(np.float32), float(bu))
+
+
+def sample_negatives(n_items: int, positives: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` distinct items the user has not interacted with, uniformly."""
+    n = min(n, n_items - len(positives))
+    if n <= 0:
+        return np.empty(0, np.int64)
+    if n * 4 < n_items:
+        draws = np.unique(rng.integers(0, n_items, size=2 * n + 8))
+        draws = draws[~np.isin(draws, positives)]
+        if len(draws) >= n:
+            return rng.permutation(draws)[:n]
+    candidates = np.setdiff1d(np.arange(n_items), positives, assume_unique=True)
+    return rng.choice(candidates, size=n, replace=False)
+
+
+def _dense(glob: GlobalParams, rows: np.ndarray, q: np.ndarray, b: np.ndarray, loss: float) -> LocalUpdate:
+    dq = np.zeros_like(glob.item_factors)
+    db = np.zeros_like(glob.item_bias)
+    counts = np.zeros(glob.n_items, np.float32)
+    np.add.at(dq, rows, (q - glob.item_factors[rows]).astype(np.float32))
+    np.add.at(db, rows, (b - glob.item_bias[rows]).astype(np.float32))
+    np.add.at(counts, rows, 1.0)
+    return LocalUpdate(dq, db, counts, len(rows), loss)
