@@ -18,7 +18,7 @@ from fedrec.model.params import GlobalParams, LocalParams, UserTable
 
 ModelKind = Literal["explicit", "implicit"]
 MODEL_KINDS: tuple[str, ...] = ("explicit", "implicit")
-IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr")
+IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr", "softmax")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class MFConfig:
     init_std: float = 0.1
     negatives: int = 4
     loss: str = "logistic"
+    neg_weight: float = 1.0
+    neg_reg: float = 1.0
+    neg_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:

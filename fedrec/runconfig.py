@@ -1,0 +1,277 @@
+"""The run configuration: one flat, kebab-case key space shared by every entry point.
+
+Flower carries a run's configuration as a flat mapping (``dp.epsilon = 8``);
+TOML files under ``simulations/conf/``, ``--set key=value`` overrides and
+``[tool.flwr.app.config]`` in ``pyproject.toml`` all speak it. This module is the
+single place where those keys are declared, defaulted (per protocol) and turned
+into frozen config objects. Every bad value fails here, before the first round,
+with an error naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedrec.data.synthetic import SyntheticConfig
+from fedrec.errors import ConfigError
+from fedrec.model.mf import MFConfig
+from fedrec.privacy.config import DPConfig
+from fedrec.train.aggregate import ServerOptConfig
+from fedrec.train.federated import FedConfig
+from fedrec.train.local import LocalConfig
+
+Scalar = bool | int | float | str
+
+# key -> default. Protocol presets below override some of these.
+DEFAULTS: dict[str, Scalar] = {
+    "dataset": "synthetic",
+    "data-dir": "",
+    "protocol": "E1",
+    "fold": 1,
+    "users-per-client": 1,
+    "rounds": 30,
+    "cohort": 1.0,
+    "eval-every": 5,
+    "seed": 0,
+    "round-timeout": 600.0,
+    "min-clients": 1,
+    "model.dim": 32,
+    "model.reg": 0.1,
+    "model.bias-reg": 0.1,
+    "model.init-std": 0.1,
+    "model.negatives": 4,
+    "model.loss": "logistic",
+    "local.steps": 5,
+    "local.lr": 0.1,
+    "local.user-lr": 0.05,
+    "local.fold-in": True,
+    "strategy.averaging": "item",
+    "strategy.optimizer": "sgd",
+    "strategy.server-lr": 3.0,
+    "strategy.beta1": 0.9,
+    "strategy.beta2": 0.99,
+    "strategy.eps": 1e-3,
+    "dp.unit": "off",
+    "dp.delta": 1e-5,
+    "dp.clip": 1.0,
+    "dp.noise": "central",
+    "dp.cohort-rate": 1.0,
+    "dp.accountant": "rdp",
+    "dp.secure-mode": False,
+    "secagg.enabled": False,
+    "secagg.threshold": 0.5,
+    "secagg.neighbours": "all",
+    "secagg.bits": 32,
+    "secagg.clip": 1.0,
+    "secagg.timeout": 600.0,
+}
+
+# Keys that are valid but have no default (absent means "not set").
+OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size")
+
+SYNTHETIC_PREFIX = "synthetic."
+
+PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
+    "E1": {},
+    "R1": {"model.reg": 0.01, "model.bias-reg": 0.01, "model.negatives": 16, "local.fold-in": False},
+}
+
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small", "csv")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a run uses and how it is split into devices."""
+
+    dataset: str
+    data_dir: str
+    protocol: str
+    fold: int
+    users_per_client: int
+    synthetic: SyntheticConfig
+
+
+@dataclass(frozen=True)
+class SecAggSpec:
+    """Secure-aggregation settings (``secagg.*``)."""
+
+    enabled: bool
+    threshold: float
+    neighbours: str
+    bits: int
+    clip: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved, validated run configuration."""
+
+    flat: Mapping[str, Scalar]
+    data: DataSpec
+    model: MFConfig
+    fed: FedConfig
+    dp: DPConfig
+    secagg: SecAggSpec
+    round_timeout: float
+    min_clients: int
+
+    @classmethod
+    def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """Resolve defaults, protocol presets and overrides; validate everything."""
+        flat = resolve(overrides or {})
+        return cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
+                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
+                   min_clients=_int(flat, "min-clients", low=1))
+
+
+def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
+    """Defaults + protocol preset + overrides, with unknown keys rejected."""
+    for key in overrides:
+        _check_known(key)
+    protocol = str(overrides.get("protocol", DEFAULTS["protocol"]))
+    if protocol not in PROTOCOL_PRESETS:
+        raise ConfigError(f"protocol: {protocol!r} is not one of {tuple(PROTOCOL_PRESETS)}")
+    flat: dict[str, Scalar] = {**DEFAULTS, **PROTOCOL_PRESETS[protocol]}
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    return flat
+
+
+def parse_value(text: str) -> Scalar:
+    """A ``--set`` value: TOML scalar syntax (``8``, ``1e-5``, ``true``, ``"x"``), else a bare string."""
+    if text.strip().lower() in ("inf", "+inf"):
+        return math.inf
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+    if not isinstance(value, (bool, int, float, str)):
+        raise ConfigError(f"--set value {text!r}: only scalars are allowed")
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Scalar]:
+    """``["dp.epsilon=8", ...]`` -> ``{"dp.epsilon": 8}``."""
+    out: dict[str, Scalar] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def load_toml(path: Path) -> dict[str, Scalar]:
+    """A config file: nested TOML tables flattened to dotted keys (``[dp] epsilon = 8``)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    return _flatten(data, "", str(path))
+
+
+def _flatten(table: Mapping[str, Any], prefix: str, where: str) -> dict[str, Scalar]:
+    out: dict[str, Scalar] = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{full}.", where))
+        elif isinstance(value, (bool, int, float, str)):
+            out[full] = value
+        else:
+            raise ConfigError(f"{where}: {full}: only scalars are allowed, got {type(value).__name__}")
+    return out
+
+
+def _check_known(key: str) -> None:
+    if key in DEFAULTS or key in OPTIONAL_KEYS:
+        return
+    if key.startswith(SYNTHETIC_PREFIX):
+        name = key[len(SYNTHETIC_PREFIX):].replace("-", "_")
+        if name in {f.name for f in fields(SyntheticConfig)}:
+            return
+    close = difflib.get_close_matches(key, [*DEFAULTS, *OPTIONAL_KEYS], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"{key}: unknown configuration key{hint}")
+
+
+def _get(flat: Mapping[str, Scalar], key: str, kind: type) -> Any:
+    value = flat[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _int(flat: Mapping[str, Scalar], key: str, *, low: int) -> int:
+    value = _get(flat, key, int)
+    if value < low:
+        raise ConfigError(f"{key}: must be >= {low}, got {value}")
+    return int(value)
+
+
+def _positive(flat: Mapping[str, Scalar], key: str) -> float:
+    value = _get(flat, key, float)
+    if not value > 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+    return float(value)
+
+
+def _data(flat: Mapping[str, Scalar]) -> DataSpec:
+    dataset = _get(flat, "dataset", str)
+    if dataset not in DATASETS:
+        raise ConfigError(f"dataset: {dataset!r} is not one of {DATASETS}")
+    synthetic = {k[len(SYNTHETIC_PREFIX):].replace("-", "_"): v for k, v in flat.items()
+                 if k.startswith(SYNTHETIC_PREFIX)}
+    if flat["protocol"] == "R1":
+        synthetic.setdefault("implicit", True)
+    try:
+        syn = SyntheticConfig(**synthetic)
+    except TypeError as exc:
+        raise ConfigError(f"synthetic.*: {exc}") from exc
+    return DataSpec(dataset, _get(flat, "data-dir", str), _get(flat, "protocol", str), _int(flat, "fold", low=1),
+                    _int(flat, "users-per-client", low=1), syn)
+
+
+def _model(flat: Mapping[str, Scalar]) -> MFConfig:
+    kind = "explicit" if flat["protocol"] == "E1" else "implicit"
+    return MFConfig(kind=kind, dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
+                    bias_reg=_get(flat, "model.bias-reg", float), init_std=_get(flat, "model.init-std", float),
+                    negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str))
+
+
+def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
+    local = LocalConfig(steps=_int(flat, "local.steps", low=1), lr=_get(flat, "local.lr", float),
+                        user_lr=_get(flat, "local.user-lr", float), fold_in=_get(flat, "local.fold-in", bool))
+    server = ServerOptConfig(name=_get(flat, "strategy.optimizer", str), lr=_get(flat, "strategy.server-lr", float),
+                             beta1=_get(flat, "strategy.beta1", float), beta2=_get(flat, "strategy.beta2", float),
+                             eps=_get(flat, "strategy.eps", float))
+    return FedConfig(rounds=_int(flat, "rounds", low=1), cohort=_positive(flat, "cohort"), local=local, server=server,
+                     averaging=_get(flat, "strategy.averaging", str), eval_every=_int(flat, "eval-every", low=1),
+                     seed=_int(flat, "seed", low=0))
+
+
+def _dp(flat: Mapping[str, Scalar]) -> DPConfig:
+    keys = {k: v for k, v in flat.items() if k.startswith("dp.") and k not in ("dp.local-epochs", "dp.batch-size")}
+    return DPConfig.from_run_config(keys)
+
+
+def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
+    threshold = _positive(flat, "secagg.threshold")
+    neighbours = str(flat["secagg.neighbours"])
+    if neighbours != "all" and not (neighbours.isdigit() and int(neighbours) >= 2):
+        raise ConfigError(f"secagg.neighbours: 'all' or an integer >= 2, got {neighbours!r}")
+    bits = _get(flat, "secagg.bits", int)
+    if bits not in (32, 64):
+        raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
+    return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
+                      _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"))
