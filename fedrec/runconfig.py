@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from fedrec.data.synthetic import SyntheticConfig
 from fedrec.errors import ConfigError
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Scalar] = {
     "eval-every": 5,
     "seed": 0,
     "round-timeout": 600.0,
+    "run-dir": "runs/flwr",
     "min-clients": 1,
     "model.dim": 32,
     "model.reg": 0.1,
@@ -275,3 +277,23 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
     return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
                       _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"))
+
+
+_DATASET_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def load_run_dataset(spec: DataSpec) -> Any:
+    """The run's :class:`~fedrec.data.interactions.Dataset`, loaded once per process.
+
+    Simulated devices (many per worker process) share one copy; each only ever
+    reads its own partition through :class:`~fedrec.data.partition.PartitionSource`.
+    """
+    from fedrec.data.registry import load_dataset
+
+    key = (spec.dataset, spec.data_dir, spec.protocol, spec.fold, spec.synthetic)
+    if key not in _DATASET_CACHE:
+        _DATASET_CACHE.clear()
+        _DATASET_CACHE[key] = load_dataset(spec.dataset, data_dir=spec.data_dir or None,
+                                           protocol=spec.protocol,  # type: ignore[arg-type]
+                                           fold=spec.fold, synthetic=spec.synthetic)
+    return _DATASET_CACHE[key]

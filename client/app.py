@@ -1,0 +1,100 @@
+"""Flower ClientApp: a thin adapter from messages to :mod:`fedrec.train.device`.
+
+The device reads its interactions through an :class:`InteractionSource` chosen
+by a *source provider*: in simulation, its partition of the run's dataset
+(``partition-id`` from the node config); in deployment, the on-device store.
+Its private state (user factors) lives in ``Context.state`` and never enters a
+reply. Replies carry only the dense update (plain, or masked under secure
+aggregation) or evaluation sums and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec import wire
+from fedrec.data.partition import InteractionSource, partitions
+from fedrec.errors import ConfigError
+from fedrec.model.params import GlobalParams
+from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.train.device import device_evaluate, device_train
+
+log = logging.getLogger(__name__)
+
+SourceProvider = Callable[[Context, RunConfig], InteractionSource]
+_PARTITIONS: dict[int, list] = {}
+_CONFIGS: dict[tuple, RunConfig] = {}
+
+
+def simulation_source(context: Context, cfg: RunConfig) -> InteractionSource:
+    """The device's partition of the run's dataset (``partition-id`` from the node config)."""
+    dataset = load_run_dataset(cfg.data)
+    parts = _PARTITIONS.get(id(dataset))
+    if parts is None:
+        _PARTITIONS.clear()
+        parts = _PARTITIONS[id(dataset)] = partitions(dataset, cfg.data.users_per_client, seed=cfg.fed.seed)
+    pid = int(context.node_config.get("partition-id", -1))
+    if not 0 <= pid < len(parts):
+        raise ConfigError(f"partition-id {pid} outside the {len(parts)} partitions of {cfg.data.dataset!r}")
+    return parts[pid]
+
+
+def make_client_app(source: SourceProvider = simulation_source) -> ClientApp:
+    """A ClientApp whose devices read their rows through ``source``."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg, glob, rnd = parse_downlink(msg)
+        state = load_state(context)
+        out = device_train(source(context, cfg), state, glob, model=cfg.model, local=cfg.fed.local,
+                           seed=cfg.fed.seed, round_=rnd)
+        save_state(context, state)
+        update = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.update.segments().items()})
+        return Message(RecordDict({wire.RECORD_UPDATE: update,
+                                   wire.RECORD_METRICS: MetricRecord({wire.MET_OK: 1})}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg, glob, _ = parse_downlink(msg)
+        sums = device_evaluate(source(context, cfg), load_state(context), glob, model=cfg.model,
+                               local=cfg.fed.local, scale=_scale(cfg), seed=cfg.fed.seed)
+        return Message(RecordDict({wire.RECORD_METRICS: MetricRecord(sums.flat())}), reply_to=msg)
+
+    return app
+
+
+def parse_downlink(msg: Message) -> tuple[RunConfig, GlobalParams, int]:
+    """Run configuration, global table and round number from a server message."""
+    config = msg.content.config_records[wire.RECORD_CONFIG]
+    flat = {k[len(wire.CFG_RUN):]: v for k, v in config.items() if k.startswith(wire.CFG_RUN)}
+    key = tuple(sorted(flat.items()))
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        _CONFIGS.clear()
+        cfg = _CONFIGS[key] = RunConfig.from_flat(flat)
+    arrays = {k: v.numpy() for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
+    glob = GlobalParams.from_arrays(arrays, float(config[wire.CFG_GLOBAL_MEAN]))  # type: ignore[arg-type]
+    return cfg, glob, int(config[wire.CFG_ROUND])  # type: ignore[arg-type]
+
+
+def load_state(context: Context) -> dict[str, np.ndarray]:
+    """The device's private arrays (user factors, accountant, SecAgg state) from ``Context.state``."""
+    record = context.state.array_records.get(wire.STATE_LOCAL)
+    return {k: v.numpy() for k, v in record.items()} if record is not None else {}
+
+
+def save_state(context: Context, state: dict[str, np.ndarray]) -> None:
+    context.state[wire.STATE_LOCAL] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def _scale(cfg: RunConfig) -> tuple[float, float] | None:
+    return load_run_dataset(cfg.data).rating_scale
+
+
+app = make_client_app()

@@ -1,0 +1,48 @@
+"""Flower ServerApp: builds the run configuration and hands the Grid to the round loop.
+
+``app`` is the component ``flwr run`` loads (its configuration comes from
+``[tool.flwr.app.config]`` and ``--run-config``); :func:`make_server_app` is
+what ``fedrec simulate`` uses to run with an already resolved configuration, a
+run folder and a progress callback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.runconfig import RunConfig, load_run_dataset
+
+from .loop import Catalogue, RoundCallback, RunResult, run_server
+
+
+def catalogue_for(cfg: RunConfig) -> Catalogue:
+    """Catalogue size and rating scale: public facts of the item catalogue."""
+    data = load_run_dataset(cfg.data)
+    return Catalogue(data.n_items, data.rating_scale)
+
+
+def make_server_app(cfg: RunConfig, *, run_dir: Path | None = None, on_round: RoundCallback | None = None,
+                    resume: bool = False, results: list[RunResult] | None = None) -> ServerApp:
+    """A ServerApp bound to a resolved configuration (used by the simulation runner)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        result = run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
+        if results is not None:
+            results.append(result)
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flat(dict(context.run_config))
+    run_dir = Path(str(context.run_config.get("run-dir", "runs/flwr")))
+    run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir)

@@ -1,0 +1,167 @@
+"""The server's round loop over Flower's Grid: sample, send, aggregate, checkpoint, evaluate.
+
+All math is in :mod:`fedrec.train` (``ServerState``, ``sample_cohort``); this
+module only moves messages. A device that raises, times out or sends a
+malformed reply is a dropout: the round aggregates the survivors and the
+dropouts are logged and counted in the round's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedrec import wire
+from fedrec.errors import CheckpointError, ConfigError, FedRecError
+from fedrec.metrics.core import MetricSums
+from fedrec.runconfig import RunConfig
+from fedrec.store.atomic import atomic_write_text
+from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
+from fedrec.train.aggregate import RoundSums
+from fedrec.train.federated import ServerState, sample_cohort
+
+from .records import config_record, global_record, metric_values, train_content, update_arrays
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Public facts the server needs: catalogue size and rating scale (no user data)."""
+
+    n_items: int
+    rating_scale: tuple[float, float] | None
+
+
+@dataclass
+class RunResult:
+    """What a finished run hands back to the caller (the simulation runner)."""
+
+    state: ServerState
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Path | None = None,
+               on_round: RoundCallback | None = None, resume: bool = False) -> RunResult:
+    """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
+    nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)
+    size = cfg.fed.cohort_size(len(nodes))
+    state = _initial_state(cfg, catalogue, run_dir, resume)
+    result = RunResult(state)
+    while state.round < cfg.fed.rounds:
+        rnd = state.round + 1
+        start = time.perf_counter()
+        cohort = sample_cohort(nodes, size, state.rng)
+        sums, dropped = _train_round(grid, cfg, state, cohort, rnd)
+        state.apply(sums)
+        row: dict[str, Any] = {"round": rnd, "sampled": len(cohort), "survivors": sums.n_clients,
+                               "dropouts": len(dropped), "train_seconds": time.perf_counter() - start}
+        if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
+            row.update(evaluate_round(grid, cfg, state, nodes, rnd))
+        row["seconds"] = time.perf_counter() - start
+        _record(run_dir, state, cfg, row)
+        result.history.append(row)
+        if on_round:
+            on_round(row)
+    return result
+
+
+def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
+    """Node ids once at least ``minimum`` are connected (simulation registers them at start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise ConfigError(f"min-clients: only {len(nodes)} devices connected within {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool) -> ServerState:
+    if resume:
+        if run_dir is None or not (run_dir / CHECKPOINT).exists():
+            raise CheckpointError(f"resume: no {CHECKPOINT} in {run_dir}")
+        state, _ = load_checkpoint(run_dir / CHECKPOINT)
+        if state.glob.n_items != catalogue.n_items or state.glob.dim != cfg.model.dim:
+            raise CheckpointError(f"{run_dir / CHECKPOINT}: table {state.glob.item_factors.shape} does not match "
+                                  f"the configuration ({catalogue.n_items} items, dim {cfg.model.dim})")
+        log.info("resuming from round %d", state.round)
+        return state
+    mu = 0.0 if cfg.model.kind == "implicit" or catalogue.rating_scale is None else sum(catalogue.rating_scale) / 2
+    return ServerState.start(catalogue.n_items, cfg.model, cfg.fed, global_mean=mu)
+
+
+def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
+                 rnd: int) -> tuple[RoundSums, list[int]]:
+    content = train_content(global_record(state.glob),
+                            config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
+    replies = _send(grid, content, wire.MSG_TRAIN, cohort, rnd, cfg.round_timeout)
+    n_items, dim = state.glob.n_items, state.glob.dim
+    sums = [np.zeros((n_items, dim), np.float64), np.zeros(n_items, np.float64), np.zeros(n_items, np.float64)]
+    survivors, dropped = 0, []
+    for node in cohort:
+        reply = replies.get(node)
+        try:
+            arrays = _checked(reply, node, n_items, dim)
+        except FedRecError as exc:
+            log.warning("round %d: dropout of node %d: %s", rnd, node, exc)
+            dropped.append(node)
+            continue
+        sums[0] += arrays[wire.ARRAY_ITEM_FACTORS]
+        sums[1] += arrays[wire.ARRAY_ITEM_BIAS]
+        sums[2] += arrays[wire.ARRAY_COUNTS]
+        survivors += 1
+    if dropped:
+        log.info("round %d: %d of %d devices dropped out", rnd, len(dropped), len(cohort))
+    return RoundSums(sums[0], sums[1], sums[2], survivors), dropped
+
+
+def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[str, np.ndarray]:
+    if reply is None:
+        raise FedRecError("no reply before the round timeout")
+    if reply.has_error():
+        raise FedRecError(f"device error: {reply.error.reason}")
+    return update_arrays(reply, n_items, dim)
+
+
+def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int) -> dict[str, float]:
+    """Every device evaluates on its held-out rows; only sums and counts come back."""
+    content = train_content(global_record(state.glob),
+                            config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
+    replies = _send(grid, content, wire.MSG_EVALUATE, nodes, rnd, cfg.round_timeout)
+    total = MetricSums()
+    for reply in replies.values():
+        if not reply.has_error():
+            total.merge(MetricSums.from_flat(metric_values(reply)))
+    return total.result()
+
+
+def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int,
+          timeout: float) -> dict[int, Message]:
+    messages = [Message(content, dst_node_id=n, message_type=kind, group_id=str(rnd)) for n in nodes]
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    return {r.metadata.src_node_id: r for r in replies}
+
+
+def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[str, Any]) -> None:
+    log.info("round %d: %s", row["round"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    if run_dir is None:
+        return
+    save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat)})
+    path = run_dir / METRICS
+    previous = path.read_text() if path.exists() else ""
+    atomic_write_text(path, previous + json.dumps(row) + "\n")

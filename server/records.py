@@ -1,0 +1,52 @@
+"""Copying fedrec payloads into Flower records and back (server side)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedrec import wire
+from fedrec.errors import FedRecError
+from fedrec.model.params import GlobalParams
+
+
+def global_record(glob: GlobalParams) -> ArrayRecord:
+    """The full item table, identical for every device of the round."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(arr)) for name, arr in glob.arrays().items()})
+
+
+def config_record(flat: Mapping[str, object], *, round_: int, global_mean: float) -> ConfigRecord:
+    """Round number, ``mu`` and the run configuration (forwarded so devices need no other channel)."""
+    values: dict[str, object] = {wire.CFG_ROUND: round_, wire.CFG_GLOBAL_MEAN: float(global_mean)}
+    values.update({wire.CFG_RUN + k: v for k, v in flat.items()})
+    return ConfigRecord(values)  # type: ignore[arg-type]
+
+
+def train_content(glob_record: ArrayRecord, cfg_record: ConfigRecord) -> RecordDict:
+    return RecordDict({wire.RECORD_GLOBAL: glob_record, wire.RECORD_CONFIG: cfg_record})
+
+
+def update_arrays(reply: Message, n_items: int, dim: int) -> dict[str, np.ndarray]:
+    """The dense update segments of a plain reply, shape-checked (a malformed reply is a dropout)."""
+    record = reply.content.array_records.get(wire.RECORD_UPDATE)
+    if record is None:
+        raise FedRecError(f"reply from node {reply.metadata.src_node_id}: no {wire.RECORD_UPDATE!r} record")
+    expected = {wire.ARRAY_ITEM_FACTORS: (n_items, dim), wire.ARRAY_ITEM_BIAS: (n_items,),
+                wire.ARRAY_COUNTS: (n_items,)}
+    out = {}
+    for name, shape in expected.items():
+        if name not in record:
+            raise FedRecError(f"reply from node {reply.metadata.src_node_id}: missing array {name!r}")
+        arr = record[name].numpy()
+        if arr.shape != shape or not np.isfinite(arr).all():
+            raise FedRecError(f"reply from node {reply.metadata.src_node_id}: array {name!r} has shape "
+                              f"{arr.shape} (expected {shape}) or non-finite values")
+        out[name] = arr
+    return out
+
+
+def metric_values(reply: Message) -> dict[str, float]:
+    record = reply.content.metric_records.get(wire.RECORD_METRICS)
+    return {k: float(v) for k, v in record.items()} if record is not None else {}  # type: ignore[arg-type]
