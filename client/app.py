@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedrec import wire
 from fedrec.data.partition import InteractionSource, partitions
@@ -44,9 +46,9 @@ def simulation_source(context: Context, cfg: RunConfig) -> InteractionSource:
     return parts[pid]
 
 
-def make_client_app(source: SourceProvider = simulation_source) -> ClientApp:
-    """A ClientApp whose devices read their rows through ``source``."""
-    app = ClientApp()
+def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mod] | None = None) -> ClientApp:
+    """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods."""
+    app = ClientApp(mods=mods)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -56,15 +58,17 @@ def make_client_app(source: SourceProvider = simulation_source) -> ClientApp:
                            seed=cfg.fed.seed, round_=rnd)
         save_state(context, state)
         update = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.update.segments().items()})
-        return Message(RecordDict({wire.RECORD_UPDATE: update,
-                                   wire.RECORD_METRICS: MetricRecord({wire.MET_OK: 1})}), reply_to=msg)
+        metrics: dict[str, Any] = dict(out.metrics)
+        return Message(RecordDict({wire.RECORD_UPDATE: update, wire.RECORD_METRICS: MetricRecord(metrics)}),
+                       reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         cfg, glob, _ = parse_downlink(msg)
         sums = device_evaluate(source(context, cfg), load_state(context), glob, model=cfg.model,
                                local=cfg.fed.local, scale=_scale(cfg), seed=cfg.fed.seed)
-        return Message(RecordDict({wire.RECORD_METRICS: MetricRecord(sums.flat())}), reply_to=msg)
+        flat: dict[str, Any] = dict(sums.flat())
+        return Message(RecordDict({wire.RECORD_METRICS: MetricRecord(flat)}), reply_to=msg)
 
     return app
 

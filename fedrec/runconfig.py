@@ -232,7 +232,7 @@ def _data(flat: Mapping[str, Scalar]) -> DataSpec:
     dataset = _get(flat, "dataset", str)
     if dataset not in DATASETS:
         raise ConfigError(f"dataset: {dataset!r} is not one of {DATASETS}")
-    synthetic = {k[len(SYNTHETIC_PREFIX):].replace("-", "_"): v for k, v in flat.items()
+    synthetic: dict[str, Any] = {k[len(SYNTHETIC_PREFIX):].replace("-", "_"): v for k, v in flat.items()
                  if k.startswith(SYNTHETIC_PREFIX)}
     if flat["protocol"] == "R1":
         synthetic.setdefault("implicit", True)
@@ -245,8 +245,7 @@ def _data(flat: Mapping[str, Scalar]) -> DataSpec:
 
 
 def _model(flat: Mapping[str, Scalar]) -> MFConfig:
-    kind = "explicit" if flat["protocol"] == "E1" else "implicit"
-    return MFConfig(kind=kind, dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
+    return MFConfig(kind="explicit" if flat["protocol"] == "E1" else "implicit", dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
                     bias_reg=_get(flat, "model.bias-reg", float), init_std=_get(flat, "model.init-std", float),
                     negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str))
 

@@ -27,9 +27,11 @@ from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import ServerState, sample_cohort
+from fedrec.train.federated import ServerState
 
+from .privacy import ServerPrivacy, make_server_privacy
 from .records import config_record, global_record, metric_values, train_content, update_arrays
+from .secagg import secure_train_round
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +61,27 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
     """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)
     size = cfg.fed.cohort_size(len(nodes))
-    state = _initial_state(cfg, catalogue, run_dir, resume)
+    privacy = make_server_privacy(cfg)
+    state = _initial_state(cfg, catalogue, run_dir, resume, privacy)
     result = RunResult(state)
     while state.round < cfg.fed.rounds:
+        if not privacy.allows_next_round():
+            log.warning("stopping before round %d: the privacy budget dp.epsilon would be exceeded", state.round + 1)
+            break
         rnd = state.round + 1
         start = time.perf_counter()
-        cohort = sample_cohort(nodes, size, state.rng)
-        sums, dropped = _train_round(grid, cfg, state, cohort, rnd)
-        state.apply(sums)
+        cohort = privacy.cohort(nodes, size, state.rng)
+        train = secure_train_round if cfg.secagg.enabled else _train_round
+        sums, dropped, device_metrics = train(grid, cfg, state, cohort, rnd)
+        sums, expected = privacy.finish_round(sums, state.rng)
+        state.apply(sums, expected_clients=expected)
         row: dict[str, Any] = {"round": rnd, "sampled": len(cohort), "survivors": sums.n_clients,
-                               "dropouts": len(dropped), "train_seconds": time.perf_counter() - start}
+                               "dropouts": len(dropped), "train_seconds": time.perf_counter() - start,
+                               **privacy.report(device_metrics)}
         if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
             row.update(evaluate_round(grid, cfg, state, nodes, rnd))
         row["seconds"] = time.perf_counter() - start
-        _record(run_dir, state, cfg, row)
+        _record(run_dir, state, cfg, row, privacy.state())
         result.history.append(row)
         if on_round:
             on_round(row)
@@ -91,11 +100,13 @@ def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool) -> ServerState:
+def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool,
+                   privacy: ServerPrivacy) -> ServerState:
     if resume:
         if run_dir is None or not (run_dir / CHECKPOINT).exists():
             raise CheckpointError(f"resume: no {CHECKPOINT} in {run_dir}")
-        state, _ = load_checkpoint(run_dir / CHECKPOINT)
+        state, extra = load_checkpoint(run_dir / CHECKPOINT)
+        privacy.load_state(extra.get("privacy", {}))
         if state.glob.n_items != catalogue.n_items or state.glob.dim != cfg.model.dim:
             raise CheckpointError(f"{run_dir / CHECKPOINT}: table {state.glob.item_factors.shape} does not match "
                                   f"the configuration ({catalogue.n_items} items, dim {cfg.model.dim})")
@@ -106,13 +117,13 @@ def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, r
 
 
 def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
-                 rnd: int) -> tuple[RoundSums, list[int]]:
+                 rnd: int) -> tuple[RoundSums, list[int], list[dict[str, float]]]:
     content = train_content(global_record(state.glob),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
     replies = _send(grid, content, wire.MSG_TRAIN, cohort, rnd, cfg.round_timeout)
     n_items, dim = state.glob.n_items, state.glob.dim
     sums = [np.zeros((n_items, dim), np.float64), np.zeros(n_items, np.float64), np.zeros(n_items, np.float64)]
-    survivors, dropped = 0, []
+    survivors, dropped, device_metrics = 0, [], []
     for node in cohort:
         reply = replies.get(node)
         try:
@@ -124,10 +135,11 @@ def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[in
         sums[0] += arrays[wire.ARRAY_ITEM_FACTORS]
         sums[1] += arrays[wire.ARRAY_ITEM_BIAS]
         sums[2] += arrays[wire.ARRAY_COUNTS]
+        device_metrics.append(metric_values(replies[node]))
         survivors += 1
     if dropped:
         log.info("round %d: %d of %d devices dropped out", rnd, len(dropped), len(cohort))
-    return RoundSums(sums[0], sums[1], sums[2], survivors), dropped
+    return RoundSums(sums[0], sums[1], sums[2], survivors), dropped, device_metrics
 
 
 def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[str, np.ndarray]:
@@ -157,11 +169,12 @@ def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int
     return {r.metadata.src_node_id: r for r in replies}
 
 
-def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[str, Any]) -> None:
+def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[str, Any],
+            privacy_state: dict[str, Any]) -> None:
     log.info("round %d: %s", row["round"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     if run_dir is None:
         return
-    save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat)})
+    save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat), "privacy": privacy_state})
     path = run_dir / METRICS
     previous = path.read_text() if path.exists() else ""
     atomic_write_text(path, previous + json.dumps(row) + "\n")

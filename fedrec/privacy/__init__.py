@@ -11,29 +11,42 @@
 
 from __future__ import annotations
 
-from fedrec.privacy.accounting import PrivacyAccountant, epsilon_of, opacus_accountant
-from fedrec.privacy.budget import PrivacyBudget
-from fedrec.privacy.calibration import (
-    LocalSchedule,
-    local_schedule,
-    noise_multiplier_for,
-    rating_level_noise_multiplier,
-)
-from fedrec.privacy.clipping import clip_update, global_l2_norm
-from fedrec.privacy.config import DPConfig
-from fedrec.privacy.local_dp import (
-    DPLocalResult,
-    LocalResult,
-    dp_local_train,
-    local_train,
-    untouched_row_noise_std,
-)
-from fedrec.privacy.noise import (
-    add_noise,
-    central_noise_std,
-    distributed_noise_std,
-    gaussian_noise,
-)
+import importlib
+from typing import Any
+
+# Names resolve lazily: importing fedrec.privacy (e.g. for DPConfig) must not load
+# Opacus and torch on devices that never train with DP-SGD.
+_EXPORTS: dict[str, str] = {
+    "DPConfig": "fedrec.privacy.config",
+    "DPLocalResult": "fedrec.privacy.local_dp",
+    "LocalResult": "fedrec.privacy.local_dp",
+    "LocalSchedule": "fedrec.privacy.calibration",
+    "PrivacyAccountant": "fedrec.privacy.accounting",
+    "PrivacyBudget": "fedrec.privacy.budget",
+    "add_noise": "fedrec.privacy.noise",
+    "central_noise_std": "fedrec.privacy.noise",
+    "clip_update": "fedrec.privacy.clipping",
+    "distributed_noise_std": "fedrec.privacy.noise",
+    "dp_local_train": "fedrec.privacy.local_dp",
+    "epsilon_of": "fedrec.privacy.accounting",
+    "gaussian_noise": "fedrec.privacy.noise",
+    "global_l2_norm": "fedrec.privacy.clipping",
+    "local_schedule": "fedrec.privacy.calibration",
+    "local_train": "fedrec.privacy.local_dp",
+    "noise_multiplier_for": "fedrec.privacy.calibration",
+    "opacus_accountant": "fedrec.privacy.accounting",
+    "rating_level_noise_multiplier": "fedrec.privacy.calibration",
+    "untouched_row_noise_std": "fedrec.privacy.local_dp"
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DPConfig",

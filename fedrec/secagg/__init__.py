@@ -19,11 +19,27 @@ the clients that finished, tolerating dropouts at every stage:
 Every refusal raises a :class:`~fedrec.errors.SecAggError` sub-class; a round
 left with fewer than ``t`` clients raises :class:`~fedrec.errors.SecAggAbort`.
 :func:`run_round` drives a whole round in one process (tests, benchmarks).
+
+Over a transport, :func:`run_secagg_round` drives the server through an
+``exchange(stage, payloads)`` callable and :func:`handle_secagg` answers one
+stage on a device from its state mapping alone (:meth:`SecAggClient.to_state`,
+:func:`clear_state`); :func:`quant_config_for`, :func:`flatten_update` and
+:func:`unflatten_sums` fit fedrec's update arrays to the masked vector.
 """
 
 from __future__ import annotations
 
 from fedrec.secagg.client import SecAggClient
+from fedrec.secagg.driver import (
+    WIRE_STAGES,
+    check_payload,
+    flatten_update,
+    handle_secagg,
+    quant_config_for,
+    resolve_threshold,
+    run_secagg_round,
+    unflatten_sums,
+)
 from fedrec.secagg.errors import (
     SecAggAbort,
     SecAggConfigError,
@@ -48,6 +64,7 @@ from fedrec.secagg.messages import (
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
 from fedrec.secagg.server import AggregateResult, SecAggServer
 from fedrec.secagg.simulate import RoundTrace, build_cohort, run_round
+from fedrec.secagg.state import SecAggStateError, clear_state
 
 __all__ = [
     "AdvertiseKeys",
@@ -66,14 +83,24 @@ __all__ = [
     "SecAggMessageError",
     "SecAggProtocolError",
     "SecAggServer",
+    "SecAggStateError",
     "SegmentSpec",
     "Setup",
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
+    "WIRE_STAGES",
     "build_cohort",
     "build_graph",
+    "check_payload",
+    "clear_state",
+    "flatten_update",
+    "handle_secagg",
     "neighbours_of",
     "payload_size",
+    "quant_config_for",
+    "resolve_threshold",
     "run_round",
+    "run_secagg_round",
+    "unflatten_sums",
 ]

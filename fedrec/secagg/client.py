@@ -11,6 +11,10 @@ state untouched so the caller can fix the input and call again.
 Secrets (private keys, the self-mask seed, derived keys, shares) live in
 private attributes, never appear in the repr or in log records, and are
 dropped as soon as the protocol no longer needs them.
+
+:meth:`SecAggClient.to_state` and :meth:`SecAggClient.from_state` move the
+whole client into and out of a device-state mapping of numpy arrays
+(:mod:`fedrec.secagg.state`), so each stage may run in a different process.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from fedrec.secagg.messages import (
 )
 from fedrec.secagg.prg import DOMAIN_PAIR, DOMAIN_SELF, expand
 from fedrec.secagg.quantize import quantize
+from fedrec.secagg.state import ClientSnapshot, SecAggStateError, decode, encode
 
 __all__ = ["SecAggClient"]
 
@@ -357,6 +362,7 @@ class SecAggClient:
             )
             self._answered = (req.survivors, req.dropped)
             self._answer = response
+            self._held.clear()
             self._state = _DONE
             logger.debug(
                 "node %d revealed shares: %d survivors, %d dropped",
@@ -392,3 +398,68 @@ class SecAggClient:
             raise SecAggProtocolError(
                 f"UnmaskRequest: {len(req.survivors)} survivors claimed, threshold is {threshold}"
             )
+
+    # -- persistence ----------------------------------------------------
+
+    def to_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue the round, as ``secagg.*`` numpy arrays.
+
+        The arrays hold secrets (keys, seeds, shares): keep them on the device.
+        The stochastic-rounding generator and the randomness source are not
+        stored; :meth:`from_state` takes them again.
+        """
+        return encode(
+            ClientSnapshot(
+                node_id=self._node_id,
+                stage=self._state,
+                allow_minority_threshold=self._allow_minority,
+                setup=self._setup,
+                neighbours=self._neighbours,
+                c_sk=None if self._c_key is None else self._c_key.private_bytes(),
+                s_sk=None if self._s_key is None else self._s_key.private_bytes(),
+                seed=self._seed,
+                share_keys=dict(self._share_keys),
+                mask_seeds=dict(self._mask_seeds),
+                held=dict(self._held),
+                answer=self._answer,
+            )
+        )
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, np.ndarray],
+        *,
+        rng: np.random.Generator | None = None,
+        randbytes: Callable[[int], bytes] | None = None,
+    ) -> SecAggClient:
+        """The client saved by :meth:`to_state`, at the same stage.
+
+        Raises
+        ------
+        SecAggStateError
+            Nothing is stored, or the stored arrays are inconsistent.
+        """
+        snap = decode(state)
+        client = cls(
+            node_id=snap.node_id,
+            rng=rng,
+            randbytes=randbytes,
+            allow_minority_threshold=snap.allow_minority_threshold,
+        )
+        client._state = snap.stage
+        client._setup = snap.setup
+        client._neighbours = snap.neighbours
+        try:
+            client._c_key = None if snap.c_sk is None else KeyPair.from_private_bytes(snap.c_sk)
+            client._s_key = None if snap.s_sk is None else KeyPair.from_private_bytes(snap.s_sk)
+        except SecAggError as exc:
+            raise SecAggStateError(f"device state: stored key pair is invalid: {exc}") from None
+        client._seed = snap.seed
+        client._share_keys = snap.share_keys
+        client._mask_seeds = snap.mask_seeds
+        client._held = snap.held
+        client._answer = snap.answer
+        if snap.answer is not None:
+            client._answered = (snap.answer.survivors, snap.answer.dropped)
+        return client

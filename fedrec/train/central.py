@@ -24,6 +24,7 @@ from fedrec.model.params import GlobalParams, UserTable
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+WEIGHTS = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
             if model.kind == "explicit":
                 loss = _explicit_loss(params, users[b], items[b], ratings[b], mu, model)
             else:
-                loss = _implicit_loss(params, users[b], items[b], train.n_items, model, gen, neg_probs)
+                loss = _implicit_loss(params, users[b], items[b], train.n_items, model, gen, neg_probs,
+                                      None if WEIGHTS is None else WEIGHTS[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -115,7 +117,8 @@ def _explicit_loss(params: dict[str, torch.nn.Parameter], u: torch.Tensor, i: to
 
 def _implicit_loss(params: dict[str, torch.nn.Parameter], u: torch.Tensor, i: torch.Tensor,
                    n_items: int, cfg: MFConfig, gen: torch.Generator,
-                   neg_probs: torch.Tensor | None = None) -> torch.Tensor:
+                   neg_probs: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                   ) -> torch.Tensor:
     """Each positive against ``cfg.negatives`` sampled negatives (see :class:`MFConfig`)."""
     if neg_probs is None:
         neg = torch.randint(0, n_items, (len(u), cfg.negatives), generator=gen)
@@ -130,12 +133,13 @@ def _implicit_loss(params: dict[str, torch.nn.Parameter], u: torch.Tensor, i: to
     softplus = torch.nn.functional.softplus
     w = cfg.neg_weight
     if cfg.loss == "bpr":
-        loss = w * softplus(s_neg - s_pos[:, None]).mean(1).sum()
+        rows = w * softplus(s_neg - s_pos[:, None]).mean(1)
     elif cfg.loss == "softmax":
         logits = torch.cat([s_pos[:, None], s_neg + float(np.log(w))], 1)
-        loss = (torch.logsumexp(logits, 1) - s_pos).sum()
+        rows = torch.logsumexp(logits, 1) - s_pos
     else:
-        loss = softplus(-s_pos).sum() + w * softplus(s_neg).mean(1).sum()
+        rows = softplus(-s_pos) + w * softplus(s_neg).mean(1)
+    loss = rows.sum() if weights is None else (rows * weights).sum()
     reg = (p * p).sum() + (q_pos * q_pos).sum() + cfg.neg_reg * (q_neg * q_neg).mean(1).sum()
     return loss + cfg.reg * reg + cfg.bias_reg * ((b_pos * b_pos).sum() + (bu * bu).sum()
                                                   + cfg.neg_reg * (b_neg * b_neg).mean(1).sum())

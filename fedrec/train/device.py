@@ -11,10 +11,11 @@ are summed before anything leaves it.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedrec import wire
 from fedrec.data.partition import InteractionSource
 from fedrec.metrics.core import MetricSums
 from fedrec.model.mf import MFConfig
@@ -28,10 +29,15 @@ DeviceState = MutableMapping[str, np.ndarray]
 
 @dataclass(frozen=True)
 class DeviceRound:
-    """A device's round output: the summed dense update of its users."""
+    """A device's round output: the summed dense update of its users.
+
+    ``metrics`` are the only scalars a device states in the clear (``ok``, and
+    under rating-level DP its spent ``epsilon`` and ``budget-exhausted``).
+    """
 
     update: LocalUpdate
     n_users: int
+    metrics: dict[str, float] = field(default_factory=lambda: {wire.MET_OK: 1.0})
 
 
 def device_train(source: InteractionSource, state: DeviceState, glob: GlobalParams, *, model: MFConfig,

@@ -1,0 +1,150 @@
+"""End-to-end runs on Flower's Simulation Engine (real ServerApp, ClientApp, Ray workers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedrec import wire
+from fedrec.client.app import make_client_app, simulation_source
+from fedrec.runconfig import RunConfig
+from fedrec.server.app import catalogue_for
+from fedrec.server.loop import run_server
+from fedrec.simulations.runner import simulate
+
+SMALL = {"synthetic.n-users": 24, "synthetic.n-items": 40, "synthetic.mean-interactions": 12, "rounds": 2,
+         "eval-every": 1, "model.dim": 4}
+BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+           "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
+
+
+class RecordingGrid:
+    """A Grid that keeps every reply a device sent (what actually crossed the wire)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.replies: list[Message] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.replies.extend(replies)
+        return replies
+
+
+def _run(cfg: RunConfig, client: ClientApp, n_devices: int) -> tuple[RecordingGrid | None, list[Any]]:
+    box: dict[str, Any] = {}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        box["grid"] = RecordingGrid(grid)
+        box["result"] = run_server(box["grid"], cfg, catalogue_for(cfg))
+
+    run_simulation(server_app=app, client_app=client, num_supernodes=n_devices, backend_config=BACKEND)
+    return box.get("grid"), box["result"].history
+
+
+def test_simulate_writes_the_run_folder(tmp_path: Path) -> None:
+    cfg = RunConfig.from_flat(SMALL)
+    result = simulate(cfg, tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.toml", "metrics.jsonl", "checkpoint.npz", "metrics.png", "report.md"} <= files
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2] and all(r["survivors"] == 24 for r in rows)
+    assert result.final["rmse"] < 2.0
+
+
+def test_what_a_device_sends_contains_no_private_data() -> None:
+    """Capture the real replies: only the dense GLOBAL update, sums/counts and flags leave a device."""
+    cfg = RunConfig.from_flat(SMALL)
+    grid, _ = _run(cfg, make_client_app(), 24)
+    assert grid is not None and grid.replies
+    n_items, dim = 40, 4
+    train_replies = [r for r in grid.replies if r.metadata.message_type == wire.MSG_TRAIN]
+    eval_replies = [r for r in grid.replies if r.metadata.message_type == wire.MSG_EVALUATE]
+    assert len(train_replies) == 48 and len(eval_replies) == 48
+    for reply in train_replies:
+        content = reply.content
+        assert set(content.keys()) == {wire.RECORD_UPDATE, wire.RECORD_METRICS}
+        arrays = {k: v.numpy() for k, v in content.array_records[wire.RECORD_UPDATE].items()}
+        assert {k: a.shape for k, a in arrays.items()} == {
+            "item_factors": (n_items, dim), "item_bias": (n_items,), "counts": (n_items,)}
+        assert all(a.dtype == np.float32 for a in arrays.values())  # no integer id lists
+        assert dict(content.metric_records[wire.RECORD_METRICS]) == {wire.MET_OK: 1.0}
+    for reply in eval_replies:
+        keys = set(reply.content.metric_records[wire.RECORD_METRICS])
+        assert keys and all(k.endswith((".sum", ".count")) for k in keys)
+        assert not reply.content.array_records and not reply.content.config_records
+
+
+def test_user_factor_never_appears_in_an_update(tmp_path: Path) -> None:
+    """Devices log their private factor (test-only mod); no reply may carry it, even scaled."""
+    cfg = RunConfig.from_flat({**SMALL, "rounds": 1, "eval-every": 5})
+    log_dir = tmp_path
+
+    def leak_probe(msg: Message, context: Context, call_next: Any) -> Message:
+        reply = call_next(msg, context)
+        state = context.state.array_records.get(wire.STATE_LOCAL)
+        if state is not None and msg.metadata.message_type == wire.MSG_TRAIN:
+            pid = context.node_config["partition-id"]
+            np.save(log_dir / f"factor-{pid}.npy", state["user.0.factor"].numpy())
+            np.save(log_dir / f"ratings-{pid}.npy", simulation_source(context, cfg).train().ratings)
+            update = reply.content.array_records[wire.RECORD_UPDATE]
+            deltas = [update[k].numpy().ravel() for k in (wire.ARRAY_ITEM_FACTORS, wire.ARRAY_ITEM_BIAS)]
+            np.save(log_dir / f"sent-{pid}.npy", np.concatenate(deltas))
+        return reply
+
+    _run(cfg, make_client_app(mods=[leak_probe]), 24)
+    factors = sorted(log_dir.glob("factor-*.npy"))
+    assert len(factors) == 24
+    for f in factors:
+        pid = f.stem.split("-")[1]
+        p = np.load(f)
+        sent = np.load(log_dir / f"sent-{pid}.npy").astype(np.float64)
+        ratings = np.load(log_dir / f"ratings-{pid}.npy")
+        assert np.linalg.norm(p) > 0
+        window = np.lib.stride_tricks.sliding_window_view(sent, len(p))
+        cos = np.abs(window @ p) / (np.linalg.norm(window, axis=1) * np.linalg.norm(p) + 1e-12)
+        assert cos.max() < 0.999, "a scaled copy of the user factor left the device"
+        assert not np.isin(np.round(sent, 6), ratings[ratings != 0]).any(), "a raw rating left the device"
+
+
+def test_dropouts_do_not_stop_the_run() -> None:
+    """Devices that raise are dropped; the round aggregates the survivors and counts the dropouts."""
+    cfg = RunConfig.from_flat({**SMALL, "rounds": 2, "eval-every": 5})
+    real = make_client_app()
+    flaky = ClientApp()
+
+    @flaky.train()
+    def train(msg: Message, context: Context) -> Message:
+        if int(context.node_config["partition-id"]) % 4 == 0:
+            raise RuntimeError("device went offline")
+        return real(msg, context)
+
+    @flaky.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return real(msg, context)
+
+    _, history = _run(cfg, flaky, 24)
+    assert [r["dropouts"] for r in history] == [6, 6]
+    assert [r["survivors"] for r in history] == [18, 18]
+    assert "rmse" in history[-1]
+
+
+def test_bad_config_fails_before_the_first_round() -> None:
+    from fedrec.errors import ConfigError
+    from fedrec.simulations.runner import validate
+
+    with pytest.raises(ConfigError, match="cohort"):
+        validate(RunConfig.from_flat({**SMALL, "cohort": 100}))

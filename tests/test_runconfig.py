@@ -1,0 +1,76 @@
+"""Run configuration: defaults, presets, overrides, and errors naming the key."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedrec.errors import ConfigError
+from fedrec.runconfig import DEFAULTS, RunConfig, load_toml, parse_overrides, parse_value
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_build() -> None:
+    cfg = RunConfig.from_flat({})
+    assert cfg.data.dataset == "synthetic" and cfg.model.kind == "explicit" and not cfg.secagg.enabled
+
+
+def test_protocol_preset_applies_and_override_wins() -> None:
+    cfg = RunConfig.from_flat({"protocol": "R1", "model.negatives": 3})
+    assert cfg.model.kind == "implicit" and cfg.model.negatives == 3 and cfg.data.synthetic.implicit
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("local.lr", -0.1, "local.lr"),
+    ("dataset", "netflix", "dataset"),
+    ("rounds", 0, "rounds"),
+    ("strategy.optimizer", "lbfgs", "strategy.optimizer"),
+    ("dp.unit", "item", "dp.unit"),
+    ("secagg.bits", 16, "secagg.bits"),
+    ("secagg.neighbours", "some", "secagg.neighbours"),
+    ("model.dim", "big", "model.dim"),
+    ("cohort", -1, "cohort"),
+    ("local.fold-in", 3, "local.fold-in"),
+])
+def test_bad_values_name_the_key(key: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        RunConfig.from_flat({key: value})
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError, match="did you mean local.lr"):
+        RunConfig.from_flat({"local.lrr": 0.1})
+
+
+def test_parse_values_and_overrides() -> None:
+    assert parse_value("8") == 8 and parse_value("1e-5") == 1e-5 and parse_value("true") is True
+    assert parse_value("ml-100k") == "ml-100k" and math.isinf(parse_value("inf"))  # type: ignore[arg-type]
+    assert parse_overrides(["dp.epsilon=8", "dataset=ml-100k"]) == {"dp.epsilon": 8, "dataset": "ml-100k"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["dp.epsilon"])
+
+
+def test_toml_nested_and_quoted_keys(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('rounds = 3\n"local.lr" = 0.2\n[dp]\nunit = "user"\nepsilon = 4.0\n')
+    assert load_toml(f) == {"rounds": 3, "local.lr": 0.2, "dp.unit": "user", "dp.epsilon": 4.0}
+    f.write_text("rounds = [1, 2]\n")
+    with pytest.raises(ConfigError, match="only scalars"):
+        load_toml(f)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_pyproject_app_config_matches_defaults() -> None:
+    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["config"] == DEFAULTS
+    RunConfig.from_flat(app["config"])
+
+
+@pytest.mark.parametrize("conf", sorted((ROOT / "simulations" / "conf").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(conf: Path) -> None:
+    RunConfig.from_flat(load_toml(conf))
