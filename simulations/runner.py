@@ -55,6 +55,10 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     from flwr.simulation import run_simulation
 
     n_devices = validate(cfg)
+    if os.environ.get("FEDREC_LINKSTATE_INDEX", "1") != "0":
+        from .flower_linkstate import install
+
+        install()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", to_toml(cfg.flat))
     if not resume:

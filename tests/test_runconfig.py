@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedrec.errors import ConfigError
 from fedrec.runconfig import DEFAULTS, RunConfig, load_toml, parse_overrides, parse_value

@@ -8,17 +8,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fedrec.client.app import make_client_app, simulation_source
+from fedrec.server.app import catalogue_for
+from fedrec.server.loop import run_server
+from fedrec.simulations.runner import simulate
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedrec import wire
-from fedrec.client.app import make_client_app, simulation_source
 from fedrec.runconfig import RunConfig
-from fedrec.server.app import catalogue_for
-from fedrec.server.loop import run_server
-from fedrec.simulations.runner import simulate
 
 SMALL = {"synthetic.n-users": 24, "synthetic.n-items": 40, "synthetic.mean-interactions": 12, "rounds": 2,
          "eval-every": 1, "model.dim": 4}
@@ -143,8 +143,9 @@ def test_dropouts_do_not_stop_the_run() -> None:
 
 
 def test_bad_config_fails_before_the_first_round() -> None:
-    from fedrec.errors import ConfigError
     from fedrec.simulations.runner import validate
+
+    from fedrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cohort"):
         validate(RunConfig.from_flat({**SMALL, "cohort": 100}))

@@ -1,0 +1,59 @@
+"""The link-state index returns exactly what Flower's own scan returns, in the same order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fedrec.simulations import flower_linkstate
+from flwr.app import ConfigRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.task_pb2 import Task  # type: ignore[attr-defined]
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.linkstate import InMemoryLinkState, LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.simulation.run_simulation import NOOP_FEDERATION_ID, Run
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+
+def _scenario(seed: int) -> list[tuple[int, list[str]]]:
+    """Push messages to random nodes, then poll nodes in random order; record what each poll returns."""
+    rng = np.random.default_rng(seed)
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    assert isinstance(state, InMemoryLinkState)
+    run = Run.create_empty(run_id=int(rng.integers(1, 1 << 62)))
+    run.federation_id = NOOP_FEDERATION_ID
+    run.primary_task_id = int(rng.integers(1, 1 << 62))
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run.run_id, 1, SUPERLINK_NODE_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
+    nodes = list(vce_api._register_nodes(12, factory))  # noqa: SLF001  (the engine's own registration)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    messages = [grid.create_message(RecordDict({"c": ConfigRecord({"i": i})}), "train",
+                                    nodes[int(rng.integers(len(nodes)))], "1") for i in range(40)]
+    ids = list(grid.push_messages(messages))
+    by_id = {m: i for i, m in enumerate(ids)}
+    trace = []
+    for _ in range(60):
+        node = nodes[int(rng.integers(len(nodes)))]
+        limit = int(rng.integers(1, 3)) if rng.random() < 0.8 else None
+        got = state.get_message_ins(node_id=node, limit=limit)
+        trace.append((nodes.index(node), [str(by_id[m.metadata.message_id]) for m in got]))
+    return trace
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_index_matches_flower_scan(seed: int) -> None:
+    flower_linkstate.uninstall()
+    expected = _scenario(seed)
+    try:
+        assert flower_linkstate.install()
+        assert _scenario(seed) == expected
+    finally:
+        flower_linkstate.uninstall()
+    assert any(got for _, got in expected)
