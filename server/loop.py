@@ -33,7 +33,7 @@ from .privacy import ServerPrivacy, make_server_privacy
 from .records import config_record, global_record, metric_values, train_content, update_arrays
 from .secagg import secure_train_round
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flwr.fedrec")  # a child of Flower's logger: round lines reach `flwr log`
 
 RoundCallback = Callable[[dict[str, Any]], None]
 CHECKPOINT = "checkpoint.npz"
@@ -73,15 +73,20 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
         cohort = privacy.cohort(nodes, size, state.rng)
         train = secure_train_round if cfg.secagg.enabled else _train_round
         sums, dropped, device_metrics = train(grid, cfg, state, cohort, rnd)
+        applied = time.perf_counter()
         sums, expected = privacy.finish_round(sums, state.rng)
         state.apply(sums, expected_clients=expected)
+        done = time.perf_counter()
         row: dict[str, Any] = {"round": rnd, "sampled": len(cohort), "survivors": sums.n_clients,
-                               "dropouts": len(dropped), "train_seconds": time.perf_counter() - start,
+                               "dropouts": len(dropped), "train_seconds": done - start,
+                               "aggregate_seconds": done - applied,
                                **privacy.report(device_metrics)}
         if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
             row.update(evaluate_round(grid, cfg, state, nodes, rnd))
-        row["seconds"] = time.perf_counter() - start
+        saved = time.perf_counter()
         _record(run_dir, state, cfg, row, privacy.state())
+        row["checkpoint_seconds"] = time.perf_counter() - saved
+        row["seconds"] = time.perf_counter() - start
         result.history.append(row)
         if on_round:
             on_round(row)

@@ -18,7 +18,7 @@ from fedrec.model.params import GlobalParams, LocalParams, UserTable
 
 ModelKind = Literal["explicit", "implicit"]
 MODEL_KINDS: tuple[str, ...] = ("explicit", "implicit")
-IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr", "softmax")
+IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,16 @@ class MFConfig:
     loss:
         Implicit only: ``"logistic"`` (each item scored against a 0/1 label)
         or ``"bpr"`` (each positive ranked above its sampled negatives).
+    neg_weight:
+        Implicit only: total weight of a positive's negatives. The negative
+        term is the mean over the sampled negatives times ``neg_weight``, so
+        ``negatives`` sets the variance of the estimate and ``neg_weight`` its
+        weight (``neg_weight == negatives`` is the plain sum).
+    recency_boost, recency_scale:
+        Implicit only: a positive's weight is ``1 + recency_boost *
+        exp(-age / recency_scale)``, where ``age`` counts the user's
+        interactions after it (0 for the latest, by timestamp then item index).
+        ``recency_boost == 0`` weighs every positive 1.
     """
 
     kind: ModelKind = "explicit"
@@ -52,9 +62,9 @@ class MFConfig:
     init_std: float = 0.1
     negatives: int = 4
     loss: str = "logistic"
-    neg_weight: float = 1.0
-    neg_reg: float = 1.0
-    neg_alpha: float = 0.0
+    neg_weight: float = 4.0
+    recency_boost: float = 0.0
+    recency_scale: float = 5.0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -68,6 +78,32 @@ class MFConfig:
             raise ConfigError(f"model.loss: {self.loss!r} is not one of {IMPLICIT_LOSSES}")
         if self.negatives < 1:
             raise ConfigError(f"model.negatives: must be >= 1, got {self.negatives}")
+        if not self.neg_weight > 0:
+            raise ConfigError(f"model.neg-weight: must be > 0, got {self.neg_weight}")
+        if not self.recency_boost >= 0:
+            raise ConfigError(f"model.recency-boost: must be >= 0, got {self.recency_boost}")
+        if not self.recency_scale > 0:
+            raise ConfigError(f"model.recency-scale: must be > 0, got {self.recency_scale}")
+
+
+def recency_weights(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, cfg: MFConfig) -> np.ndarray:
+    """Weight of each interaction as a positive: ``1 + boost * exp(-age / scale)`` (see :class:`MFConfig`).
+
+    ``age`` is the number of the same user's interactions ordered after it by
+    ``(timestamp, item index)``, the order the leave-last-out split uses.
+    """
+    users = np.asarray(users, np.int64)
+    n = len(users)
+    if n == 0 or cfg.recency_boost == 0:
+        return np.ones(n, np.float64)
+    order = np.lexsort((np.asarray(items, np.int64), np.asarray(timestamps, np.int64), users))
+    sorted_users = users[order]
+    last = np.r_[sorted_users[1:] != sorted_users[:-1], True]
+    ends = np.flatnonzero(last)
+    end_of = ends[np.searchsorted(ends, np.arange(n))]
+    age = np.empty(n, np.float64)
+    age[order] = end_of - np.arange(n)
+    return 1.0 + cfg.recency_boost * np.exp(-age / cfg.recency_scale)
 
 
 def score_items(glob: GlobalParams, local: LocalParams) -> np.ndarray:

@@ -18,13 +18,12 @@ import torch
 
 from fedrec.data.interactions import Interactions
 from fedrec.errors import ConfigError
-from fedrec.model.mf import MFConfig, MFModel
+from fedrec.model.mf import MFConfig, MFModel, recency_weights
 from fedrec.model.params import GlobalParams, UserTable
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-WEIGHTS = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,10 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, trainer.lr_decay)
     users, items = torch.from_numpy(train.users), torch.from_numpy(train.items)
     ratings = torch.from_numpy(train.ratings)
-    neg_probs = _negative_probs(train, model) if model.kind == "implicit" else None
+    weights = None
+    if model.kind == "implicit" and model.recency_boost > 0:
+        weights = torch.from_numpy(
+            recency_weights(train.users, train.items, train.timestamps, model).astype(np.float32))
     start = time.perf_counter()
     for epoch in range(trainer.epochs):
         perm = torch.randperm(len(train), generator=gen)
@@ -78,8 +80,8 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
             if model.kind == "explicit":
                 loss = _explicit_loss(params, users[b], items[b], ratings[b], mu, model)
             else:
-                loss = _implicit_loss(params, users[b], items[b], train.n_items, model, gen, neg_probs,
-                                      None if WEIGHTS is None else WEIGHTS[b])
+                loss = _implicit_loss(params, users[b], items[b], train.n_items, model, gen,
+                                      None if weights is None else weights[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,13 +90,6 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
             progress(epoch + 1, trainer.epochs)
     log.debug("central training: %d epochs in %.2fs", trainer.epochs, time.perf_counter() - start)
     return _to_model(params, mu, model)
-
-
-def _negative_probs(train: Interactions, cfg: MFConfig) -> torch.Tensor | None:
-    if cfg.neg_alpha == 0:
-        return None
-    counts = np.bincount(train.items, minlength=train.n_items).astype(np.float64) + 1.0
-    return torch.from_numpy(counts ** cfg.neg_alpha)
 
 
 def _init_params(n_users: int, n_items: int, cfg: MFConfig, seed: int) -> dict[str, torch.nn.Parameter]:
@@ -116,33 +111,28 @@ def _explicit_loss(params: dict[str, torch.nn.Parameter], u: torch.Tensor, i: to
 
 
 def _implicit_loss(params: dict[str, torch.nn.Parameter], u: torch.Tensor, i: torch.Tensor,
-                   n_items: int, cfg: MFConfig, gen: torch.Generator,
-                   neg_probs: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                   n_items: int, cfg: MFConfig, gen: torch.Generator, weights: torch.Tensor | None = None,
                    ) -> torch.Tensor:
-    """Each positive against ``cfg.negatives`` sampled negatives (see :class:`MFConfig`)."""
-    if neg_probs is None:
-        neg = torch.randint(0, n_items, (len(u), cfg.negatives), generator=gen)
-    else:
-        neg = torch.multinomial(neg_probs, len(u) * cfg.negatives, replacement=True, generator=gen)
-        neg = neg.view(len(u), cfg.negatives)
+    """Each positive against ``cfg.negatives`` uniform negatives, weighted as :class:`MFConfig` says.
+
+    Per positive: ``softplus(-s_pos) + neg_weight * mean_k softplus(s_neg_k)``
+    (logistic) or ``neg_weight * mean_k softplus(s_neg_k - s_pos)`` (BPR),
+    times the positive's ``weights`` entry when given.
+    """
+    neg = torch.randint(0, n_items, (len(u), cfg.negatives), generator=gen)
     p, bu = params["P"][u], params["bu"][u]
     q_pos, b_pos = params["Q"][i], params["bi"][i]
     q_neg, b_neg = params["Q"][neg], params["bi"][neg]
     s_pos = bu + b_pos + (p * q_pos).sum(1)
     s_neg = bu[:, None] + b_neg + torch.einsum("bd,bkd->bk", p, q_neg)
     softplus = torch.nn.functional.softplus
-    w = cfg.neg_weight
     if cfg.loss == "bpr":
-        rows = w * softplus(s_neg - s_pos[:, None]).mean(1)
-    elif cfg.loss == "softmax":
-        logits = torch.cat([s_pos[:, None], s_neg + float(np.log(w))], 1)
-        rows = torch.logsumexp(logits, 1) - s_pos
+        per_row = cfg.neg_weight * softplus(s_neg - s_pos[:, None]).mean(1)
     else:
-        rows = softplus(-s_pos) + w * softplus(s_neg).mean(1)
-    loss = rows.sum() if weights is None else (rows * weights).sum()
-    reg = (p * p).sum() + (q_pos * q_pos).sum() + cfg.neg_reg * (q_neg * q_neg).mean(1).sum()
-    return loss + cfg.reg * reg + cfg.bias_reg * ((b_pos * b_pos).sum() + (bu * bu).sum()
-                                                  + cfg.neg_reg * (b_neg * b_neg).mean(1).sum())
+        per_row = softplus(-s_pos) + cfg.neg_weight * softplus(s_neg).mean(1)
+    loss = per_row.sum() if weights is None else (per_row * weights).sum()
+    reg = (p * p).sum() + (q_pos * q_pos).sum() + (q_neg * q_neg).sum() / cfg.negatives
+    return loss + cfg.reg * reg + cfg.bias_reg * ((b_pos * b_pos).sum() + (bu * bu).sum())
 
 
 def _to_model(params: dict[str, torch.nn.Parameter], mu: float, cfg: MFConfig) -> MFModel:

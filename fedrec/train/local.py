@@ -10,7 +10,9 @@ Explicit (ratings): the user factor is first re-solved in closed form against
 the current table (:func:`fold_in`), then ``steps`` full-batch gradient steps
 move the touched item rows (and refine the user factor). Implicit: the user's
 positives plus uniformly sampled negatives form the touched rows; ``steps``
-gradient steps of the logistic loss move the user factor and those rows.
+gradient steps of the model's implicit loss (logistic or BPR, negatives and
+recency weighted as :class:`~fedrec.model.mf.MFConfig` says) move the user
+factor and those rows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.errors import ConfigError
-from fedrec.model.mf import MFConfig
+from fedrec.model.mf import MFConfig, recency_weights
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.train.foldin import fold_in
 
@@ -77,12 +79,17 @@ class LocalUpdate:
 
 
 def local_update(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray, *,
-                 model: MFConfig, config: LocalConfig, rng: np.random.Generator) -> tuple[LocalUpdate, LocalParams]:
-    """Train on one device's rows; return its dense update and its new LOCAL state."""
+                 model: MFConfig, config: LocalConfig, rng: np.random.Generator,
+                 timestamps: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
+    """Train on one device's rows; return its dense update and its new LOCAL state.
+
+    ``timestamps`` (implicit only, never sent) order the rows for the model's
+    recency weights; without them every positive weighs 1.
+    """
     items = np.asarray(items, np.int64)
     if model.kind == "explicit":
         return _explicit_step(glob, local, items, np.asarray(ratings, np.float64), model, config)
-    return _implicit_step(glob, local, items, model, config, rng)
+    return _implicit_step(glob, local, items, model, config, rng, timestamps)
 
 
 def _explicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray,
@@ -109,42 +116,86 @@ def _explicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, ra
     return update, LocalParams(p.astype(np.float32), float(bu))
 
 
-def _implicit_step(glob: GlobalParams, local: LocalParams, positives: np.ndarray, model: MFConfig,
-                   config: LocalConfig, rng: np.random.Generator) -> tuple[LocalUpdate, LocalParams]:
-    positives = np.unique(positives)
-    negatives = sample_negatives(glob.n_items, positives, model.negatives * len(positives), rng)
+def _implicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, model: MFConfig,
+                   config: LocalConfig, rng: np.random.Generator,
+                   timestamps: np.ndarray | None) -> tuple[LocalUpdate, LocalParams]:
+    """Full-batch steps of the loss :func:`fedrec.train.central._implicit_loss` takes per positive.
+
+    The negatives are drawn once per round, distinct and outside the positives;
+    their total weight per positive is ``model.neg_weight``, so each negative row
+    weighs ``neg_weight * sum(positive weights) / n_negatives``. For BPR the
+    negatives are dealt to the positives in turn, one pair each.
+    """
+    positives, weights = _positive_weights(items, timestamps, model)
+    n_pos = len(positives)
+    negatives = sample_negatives(glob.n_items, positives, model.negatives * n_pos, rng)
+    n_neg = len(negatives)
     rows = np.concatenate([positives, negatives])
-    labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
     p = local.user_factor.astype(np.float64)
     bu = local.user_bias
     q = glob.item_factors[rows].astype(np.float64)
     b = glob.item_bias[rows].astype(np.float64)
+    pair_pos = np.arange(n_neg) % max(n_pos, 1)
+    neg_w = model.neg_weight * weights.sum() / max(n_neg, 1)
+    pair_w = model.neg_weight * weights[pair_pos] * n_pos / max(n_neg, 1)
     loss = 0.0
     for _ in range(config.steps):
         s = bu + b + q @ p
-        sig = 1.0 / (1.0 + np.exp(-s))
-        g = sig - labels  # d loss / d score
-        grad_p = (g[:, None] * q).sum(axis=0) / max(len(positives), 1) + model.reg * p
+        g, loss = _implicit_grad(s, n_pos, weights, neg_w, pair_pos, pair_w, model.loss)
+        grad_p = (g[:, None] * q).sum(axis=0) / max(weights.sum(), 1.0) + model.reg * p
         grad_q = g[:, None] * p[None, :] + model.reg * q
         grad_b = g + model.bias_reg * b
         p -= config.user_lr * grad_p
         q -= config.lr * grad_q
         b -= config.lr * grad_b
-        loss = float(np.mean(np.logaddexp(0.0, s) - labels * s))
     return _dense(glob, rows, q, b, loss), LocalParams(p.astype(np.float32), float(bu))
+
+
+def _positive_weights(items: np.ndarray, timestamps: np.ndarray | None,
+                      model: MFConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct positives and their weights (an item seen twice keeps its larger weight)."""
+    positives, inverse = np.unique(items, return_inverse=True)
+    weights = np.ones(len(positives))
+    if timestamps is not None and model.recency_boost > 0 and len(items):
+        per_row = recency_weights(np.zeros(len(items), np.int64), items, np.asarray(timestamps), model)
+        weights = np.zeros(len(positives))
+        np.maximum.at(weights, inverse.reshape(-1), per_row)
+    return positives, weights
+
+
+def _implicit_grad(s: np.ndarray, n_pos: int, weights: np.ndarray, neg_w: float, pair_pos: np.ndarray,
+                   pair_w: np.ndarray, loss: str) -> tuple[np.ndarray, float]:
+    """``d loss / d score`` for every row (positives first) and the loss per unit of positive weight."""
+    s_pos, s_neg = s[:n_pos], s[n_pos:]
+    total = max(weights.sum(), 1.0)
+    if loss == "bpr":
+        diff = s_neg - s_pos[pair_pos]
+        g_pair = pair_w * _sigmoid(diff)
+        g_pos = -np.bincount(pair_pos, weights=g_pair, minlength=n_pos)
+        value = float((pair_w * np.logaddexp(0.0, diff)).sum())
+        return np.concatenate([g_pos, g_pair]), value / total
+    g_pos = weights * (_sigmoid(s_pos) - 1.0)
+    g_neg = neg_w * _sigmoid(s_neg)
+    value = float((weights * np.logaddexp(0.0, -s_pos)).sum() + neg_w * np.logaddexp(0.0, s_neg).sum())
+    return np.concatenate([g_pos, g_neg]), value / total
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def sample_negatives(n_items: int, positives: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``n`` distinct items the user has not interacted with, uniformly."""
-    n = min(n, n_items - len(positives))
+    seen = np.unique(np.asarray(positives, np.int64))
+    n = min(n, n_items - len(seen))
     if n <= 0:
         return np.empty(0, np.int64)
     if n * 4 < n_items:
         draws = np.unique(rng.integers(0, n_items, size=2 * n + 8))
-        draws = draws[~np.isin(draws, positives)]
+        draws = draws[~np.isin(draws, seen)]
         if len(draws) >= n:
             return rng.permutation(draws)[:n]
-    candidates = np.setdiff1d(np.arange(n_items), positives, assume_unique=True)
+    candidates = np.setdiff1d(np.arange(n_items), seen, assume_unique=True)
     return rng.choice(candidates, size=n, replace=False)
 
 

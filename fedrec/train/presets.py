@@ -13,7 +13,7 @@ from fedrec.train.central import CentralConfig
 
 MODEL_PRESETS: dict[str, MFConfig] = {
     "E1": MFConfig(kind="explicit", dim=32, reg=0.1, bias_reg=0.1),
-    "R1": MFConfig(kind="implicit", dim=32, reg=0.01, bias_reg=0.01, negatives=16),
+    "R1": MFConfig(kind="implicit", dim=32, reg=0.01, bias_reg=0.01, negatives=16, neg_weight=16.0),
 }
 
 CENTRAL_PRESETS: dict[str, CentralConfig] = {

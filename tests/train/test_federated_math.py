@@ -94,7 +94,8 @@ def test_server_optimizers_move_along_the_update(name: str) -> None:
     assert (new.item_factors > 0).all() and (new.item_bias < 0).all()
 
 
-@pytest.mark.parametrize("kwargs,key", [({"name": "rmsprop"}, "strategy.optimizer"), ({"lr": -1}, "strategy.server-lr")])
+@pytest.mark.parametrize("kwargs,key", [({"name": "rmsprop"}, "strategy.optimizer"),
+                                        ({"lr": -1}, "strategy.server-lr")])
 def test_server_opt_config_rejects(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         ServerOptConfig(**kwargs)
