@@ -23,6 +23,7 @@ from fedrec import wire
 from fedrec.data.partition import InteractionSource, partitions
 from fedrec.errors import ConfigError
 from fedrec.model.params import GlobalParams
+from fedrec.privacy.plan import privacy_plan
 from fedrec.runconfig import RunConfig, load_run_dataset
 from fedrec.train.device import device_evaluate, device_train
 
@@ -55,7 +56,7 @@ def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mo
         cfg, glob, rnd = parse_downlink(msg)
         state = load_state(context)
         out = device_train(source(context, cfg), state, glob, model=cfg.model, local=cfg.fed.local,
-                           seed=cfg.fed.seed, round_=rnd)
+                           seed=cfg.fed.seed, round_=rnd, privacy=privacy_plan(cfg))
         save_state(context, state)
         update = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.update.segments().items()})
         metrics: dict[str, Any] = dict(out.metrics)
@@ -66,10 +67,13 @@ def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mo
     def evaluate(msg: Message, context: Context) -> Message:
         cfg, glob, _ = parse_downlink(msg)
         sums = device_evaluate(source(context, cfg), load_state(context), glob, model=cfg.model,
-                               local=cfg.fed.local, scale=_scale(cfg), seed=cfg.fed.seed)
+                               local=cfg.fed.local, scale=_scale(cfg), seed=cfg.fed.seed, privacy=privacy_plan(cfg))
         flat: dict[str, Any] = dict(sums.flat())
         return Message(RecordDict({wire.RECORD_METRICS: MetricRecord(flat)}), reply_to=msg)
 
+    from .secagg import register_secagg
+
+    register_secagg(app, source)
     return app
 
 

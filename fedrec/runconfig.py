@@ -23,6 +23,7 @@ from fedrec.data.synthetic import SyntheticConfig
 from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig
 from fedrec.privacy.config import DPConfig
+from fedrec.privacy.plan import PLAN_KEYS, check_config
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.federated import FedConfig
 from fedrec.train.local import LocalConfig
@@ -44,13 +45,13 @@ DEFAULTS: dict[str, Scalar] = {
     "run-dir": "runs/flwr",
     "min-clients": 1,
     "model.dim": 32,
-    "model.reg": 0.1,
-    "model.bias-reg": 0.1,
+    "model.reg": 0.12,
+    "model.bias-reg": 0.12,
     "model.init-std": 0.1,
     "model.negatives": 4,
     "model.loss": "logistic",
-    "local.steps": 5,
-    "local.lr": 0.1,
+    "local.steps": 10,
+    "local.lr": 0.05,
     "local.user-lr": 0.05,
     "local.fold-in": True,
     "strategy.averaging": "item",
@@ -68,14 +69,14 @@ DEFAULTS: dict[str, Scalar] = {
     "dp.secure-mode": False,
     "secagg.enabled": False,
     "secagg.threshold": 0.5,
-    "secagg.neighbours": "all",
+    "secagg.neighbours": "auto",
     "secagg.bits": 32,
     "secagg.clip": 1.0,
     "secagg.timeout": 600.0,
 }
 
 # Keys that are valid but have no default (absent means "not set").
-OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size")
+OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors")
 
 SYNTHETIC_PREFIX = "synthetic."
 
@@ -83,6 +84,9 @@ PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
     "E1": {},
     "R1": {"model.reg": 0.01, "model.bias-reg": 0.01, "model.negatives": 16, "local.fold-in": False},
 }
+
+# With differential privacy on, devices send no per-item counts, so the server averages per device.
+DP_PRESET: dict[str, Scalar] = {"strategy.averaging": "fedavg"}
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small", "csv")
 
@@ -128,9 +132,11 @@ class RunConfig:
     def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
         """Resolve defaults, protocol presets and overrides; validate everything."""
         flat = resolve(overrides or {})
-        return cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
-                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
-                   min_clients=_int(flat, "min-clients", low=1))
+        cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
+                  secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
+                  min_clients=_int(flat, "min-clients", low=1))
+        check_config(cfg)
+        return cfg
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -141,6 +147,8 @@ def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
     if protocol not in PROTOCOL_PRESETS:
         raise ConfigError(f"protocol: {protocol!r} is not one of {tuple(PROTOCOL_PRESETS)}")
     flat: dict[str, Scalar] = {**DEFAULTS, **PROTOCOL_PRESETS[protocol]}
+    if overrides.get("dp.unit", DEFAULTS["dp.unit"]) != "off":
+        flat.update(DP_PRESET)
     flat.update({k: v for k, v in overrides.items() if v is not None})
     return flat
 
@@ -262,15 +270,15 @@ def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
 
 
 def _dp(flat: Mapping[str, Scalar]) -> DPConfig:
-    keys = {k: v for k, v in flat.items() if k.startswith("dp.") and k not in ("dp.local-epochs", "dp.batch-size")}
+    keys = {k: v for k, v in flat.items() if k.startswith("dp.") and k not in PLAN_KEYS}
     return DPConfig.from_run_config(keys)
 
 
 def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
     threshold = _positive(flat, "secagg.threshold")
     neighbours = str(flat["secagg.neighbours"])
-    if neighbours != "all" and not (neighbours.isdigit() and int(neighbours) >= 2):
-        raise ConfigError(f"secagg.neighbours: 'all' or an integer >= 2, got {neighbours!r}")
+    if neighbours not in ("all", "auto") and not (neighbours.isdigit() and int(neighbours) >= 2):
+        raise ConfigError(f"secagg.neighbours: 'all', 'auto' or an integer >= 2, got {neighbours!r}")
     bits = _get(flat, "secagg.bits", int)
     if bits not in (32, 64):
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")

@@ -11,8 +11,11 @@ Downlink (server -> device), every device receives the same full table:
 Uplink (device -> server), plain aggregation:
     ``RECORD_UPDATE``  dense ``item_factors``, ``item_bias``, ``counts`` deltas
     ``RECORD_METRICS`` ``ok`` and, under rating-level DP, ``epsilon``/``budget-exhausted``
-Uplink, secure aggregation: the same three segments, quantized and masked
-(``RECORD_SECAGG``); nothing about the device is sent in the clear.
+Secure aggregation, both ways: each stage's protocol payload, scalars and
+lists in the ConfigRecord ``RECORD_SECAGG``, arrays in the ArrayRecord
+``RECORD_SECAGG_ARRAYS``. The uplink update is the same three segments,
+quantized and masked in one array; the mask stage's downlink adds
+``RECORD_GLOBAL`` and ``RECORD_CONFIG``, its uplink may add ``RECORD_METRICS``.
 Evaluation uplink: ``RECORD_METRICS`` with ``<metric>.sum`` / ``<metric>.count`` only.
 
 User factors, user biases, ratings and item-id lists have no key here: there is
@@ -35,6 +38,7 @@ RECORD_CONFIG = "fedrec.config"
 RECORD_UPDATE = "fedrec.update"
 RECORD_METRICS = "fedrec.metrics"
 RECORD_SECAGG = "fedrec.secagg"
+RECORD_SECAGG_ARRAYS = "fedrec.secagg.arrays"
 
 # Device state (Context.state in simulation, the device store in deployment).
 STATE_LOCAL = "fedrec.local"

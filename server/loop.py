@@ -61,7 +61,8 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
     """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)
     size = cfg.fed.cohort_size(len(nodes))
-    privacy = make_server_privacy(cfg)
+    privacy = make_server_privacy(cfg, population=len(nodes))
+    cfg = privacy.cfg
     state = _initial_state(cfg, catalogue, run_dir, resume, privacy)
     result = RunResult(state)
     while state.round < cfg.fed.rounds:

@@ -84,12 +84,15 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     return SimulationResult(final, history, run_dir, seconds)
 
 
+_PER_ROUND = ("sampled", "survivors", "dropouts", "seconds", "train_seconds", "aggregate_seconds",
+              "checkpoint_seconds")
+
+
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The last evaluated value of each metric, and the number of rounds run."""
     out: dict[str, Any] = {}
     for row in history:
-        out.update({k: v for k, v in row.items() if k not in ("sampled", "survivors", "dropouts", "seconds",
-                                                                 "train_seconds")})
+        out.update({k: v for k, v in row.items() if k not in _PER_ROUND})
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from fedrec.train.aggregate import (
     pseudo_gradient,
 )
 from fedrec.train.local import LocalConfig, LocalUpdate, local_update
+
+if TYPE_CHECKING:
+    from fedrec.privacy.plan import PrivacyPlan
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +112,13 @@ class ServerState:
         return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed))
 
     def apply(self, sums: RoundSums, *, expected_clients: float | None = None) -> GlobalParams:
-        """Move the table by one round's sums and count the round."""
-        if sums.n_clients > 0:
+        """Move the table by one round's sums and count the round.
+
+        A round nobody survived leaves the table as it is, unless the divisor is
+        the expected cohort: under user-level DP the noisy sum is the released
+        output whatever the cohort was.
+        """
+        if sums.n_clients > 0 or expected_clients is not None:
             dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]
                                      expected_clients=expected_clients)
             self.glob = self.optimizer.apply(self.glob, dq, db)
@@ -129,11 +138,11 @@ def prior_mean(scale: tuple[float, float] | None) -> float:
 
 def client_round(glob: GlobalParams, local: LocalParams | None, items: np.ndarray, ratings: np.ndarray, *,
                  model: MFConfig, config: LocalConfig, rng: np.random.Generator,
-                 ) -> tuple[LocalUpdate, LocalParams]:
+                 timestamps: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
     """One device's contribution: train locally, return (dense update, new LOCAL state)."""
     if local is None:
         local = initial_local(model, rng)
-    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng)
+    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng, timestamps=timestamps)
 
 
 def initial_local(model: MFConfig, rng: np.random.Generator) -> LocalParams:
@@ -155,43 +164,88 @@ def client_evaluate(glob: GlobalParams, local: LocalParams, train_items: np.ndar
     return ranking_sums(scores[None, :].copy(), [train_items], [test_items], ks=ks)
 
 
-ProgressFn = Callable[[int, dict[str, float]], None]
+ProgressFn = Callable[[int, dict[str, Any]], None]
 
 
 def run_reference(dataset: Dataset, model: MFConfig, fed: FedConfig, *,
-                  progress: ProgressFn | None = None) -> tuple[ServerState, list[dict[str, float]]]:
-    """Run rounds in-process, one device per user, with the apps' exact math.
+                  progress: ProgressFn | None = None, privacy: PrivacyPlan | None = None,
+                  ) -> tuple[ServerState, list[dict[str, Any]]]:
+    """Run rounds in-process, one device per user, with the apps' exact code.
 
-    Returns the final server state and one metrics row per evaluated round.
+    Each user is a device with its own :data:`~fedrec.train.device.DeviceState`
+    and :class:`~fedrec.data.partition.PartitionSource`; it trains with
+    :func:`~fedrec.train.device.device_train` and evaluates with
+    :func:`~fedrec.train.device.device_evaluate`, and the server side follows
+    the same :mod:`~fedrec.privacy.server` policy, in the same order and with
+    the same random generator, as the Flower ServerApp. DP noise is drawn from
+    seeded streams, so a run is reproducible.
+
+    Differences from the Flower apps: every device answers (no dropouts), the
+    round sums are accumulated in float32, and an evaluation covers the users
+    trained so far (the apps also fold in devices never sampled).
+
+    Parameters
+    ----------
+    privacy
+        The run's DP plan (:func:`~fedrec.privacy.plan.privacy_plan`); None
+        trains without DP.
+
+    Returns
+    -------
+    state, history
+        The final server state and one row per evaluated round: the metrics
+        and, under DP, the privacy fields of :meth:`ServerPolicy.report`.
     """
-    train, test = dataset.train, dataset.test
-    by_user, test_by_user = train.by_user(), test.by_user()
+    from fedrec.data.partition import partitions
+    from fedrec.privacy.server import server_policy
+    from fedrec.train.device import DeviceState, device_evaluate, device_train
+
+    if privacy is not None and privacy.enabled and fed.averaging != "fedavg":
+        raise ConfigError(f"strategy.averaging: {fed.averaging!r} needs per-item counts, which DP devices "
+                          "do not send; use 'fedavg'")
+    train = dataset.train
+    by_user = train.by_user()
+    sources = partitions(dataset)
     mu = prior_mean(dataset.rating_scale) if model.kind == "explicit" else 0.0
     state = ServerState.start(train.n_items, model, fed, global_mean=mu)
-    locals_: dict[int, LocalParams] = {}
     users = [u for u in range(train.n_users) if len(by_user[u])]
+    policy = server_policy(privacy, population=len(users))
     size = fed.cohort_size(len(users))
-    history = []
+    devices: dict[int, DeviceState] = {}
+    history: list[dict[str, Any]] = []
+
+    def evaluate(rnd: int, report: dict[str, Any]) -> None:
+        ms = MetricSums()
+        for u, device in devices.items():
+            ms.merge(device_evaluate(sources[u], device, state.glob, model=model, local=fed.local,
+                                     scale=dataset.rating_scale, seed=fed.seed, privacy=privacy))
+        row = {"round": float(rnd), **ms.result(), **report}
+        history.append(row)
+        if progress:
+            progress(rnd, row)
+
+    report: dict[str, Any] = {}
+    rnd = 0
     for rnd in range(1, fed.rounds + 1):
-        cohort = sample_cohort(users, size, state.rng)
+        if not policy.allows_next_round():
+            log.warning("stopping before round %d: the privacy budget dp.epsilon would be exceeded", rnd)
+            rnd -= 1
+            break
+        cohort = policy.cohort(users, size, state.rng)
         sums = _zero_sums(state.glob)
+        device_metrics = []
         for u in cohort:
-            rows = by_user[u]
-            rng = np.random.default_rng([fed.seed, rnd, u])
-            update, locals_[u] = client_round(state.glob, locals_.get(u), train.items[rows], train.ratings[rows],
-                                              model=model, config=fed.local, rng=rng)
-            _accumulate(sums, update)
-        state.apply(RoundSums(sums[0], sums[1], sums[2], len(cohort)))
+            out = device_train(sources[u], devices.setdefault(u, {}), state.glob, model=model, local=fed.local,
+                               seed=fed.seed, round_=rnd, privacy=privacy, user_offset=u, seeded_noise=True)
+            _accumulate(sums, out.update)
+            device_metrics.append(out.metrics)
+        noisy, expected = policy.finish_round(RoundSums(sums[0], sums[1], sums[2], len(cohort)), state.rng)
+        state.apply(noisy, expected_clients=expected)
+        report = policy.report(device_metrics)
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
-            ms = MetricSums()
-            for u, local in locals_.items():
-                rows = test_by_user[u]
-                ms.merge(client_evaluate(state.glob, local, train.items[by_user[u]], test.items[rows],
-                                         test.ratings[rows], kind=model.kind, scale=dataset.rating_scale))
-            row = {"round": float(rnd), **ms.result()}
-            history.append(row)
-            if progress:
-                progress(rnd, row)
+            evaluate(rnd, report)
+    if rnd and (not history or history[-1]["round"] != rnd):
+        evaluate(rnd, report)
     return state, history
 
 

@@ -171,9 +171,9 @@ def _implicit_grad(s: np.ndarray, n_pos: int, weights: np.ndarray, neg_w: float,
     if loss == "bpr":
         diff = s_neg - s_pos[pair_pos]
         g_pair = pair_w * _sigmoid(diff)
-        g_pos = -np.bincount(pair_pos, weights=g_pair, minlength=n_pos)
+        g_won = np.bincount(pair_pos, weights=g_pair, minlength=n_pos).astype(np.float64)
         value = float((pair_w * np.logaddexp(0.0, diff)).sum())
-        return np.concatenate([g_pos, g_pair]), value / total
+        return np.concatenate([-g_won, g_pair]), value / total
     g_pos = weights * (_sigmoid(s_pos) - 1.0)
     g_neg = neg_w * _sigmoid(s_neg)
     value = float((weights * np.logaddexp(0.0, -s_pos)).sum() + neg_w * np.logaddexp(0.0, s_neg).sum())
