@@ -170,7 +170,9 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
 
 def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int,
           timeout: float) -> dict[int, Message]:
-    messages = [Message(content, dst_node_id=n, message_type=kind, group_id=str(rnd)) for n in nodes]
+    # TTL = the round's timeout: work for a round the server has given up on expires instead of
+    # queueing in front of the next round.
+    messages = [Message(content, dst_node_id=n, message_type=kind, group_id=str(rnd), ttl=timeout) for n in nodes]
     replies = grid.send_and_receive(messages, timeout=timeout)
     return {r.metadata.src_node_id: r for r in replies}
 

@@ -8,9 +8,10 @@ bytes) under ``wire.RECORD_SECAGG`` plus an :class:`ArrayRecord` (the masked
 vector) under ``wire.RECORD_SECAGG_ARRAYS``.
 
 The mask-stage message also carries the global table and the round's
-configuration: a device trains only once it holds its neighbours' shares, so a
-device that drops out earlier spends no work and no privacy budget. The server
-only ever learns the sum of the survivors' clipped, quantized updates.
+configuration: a device trains only once its neighbours' shares have been
+routed to it, so a device that drops out earlier spends no work and no privacy
+budget. The server only ever learns the sum of the survivors' clipped,
+quantized updates.
 
 Error replies and replies missing at the stage timeout are dropouts. When the
 survivors fall below the threshold the round is aborted: it is logged, the

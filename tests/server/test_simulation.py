@@ -147,3 +147,27 @@ def test_bad_config_fails_before_the_first_round() -> None:
 
     with pytest.raises(ConfigError, match="cohort"):
         validate(RunConfig.from_flat({**SMALL, "cohort": 100}))
+
+
+def test_a_device_that_times_out_is_a_dropout() -> None:
+    """Round 2: one device answers after the round timeout; the round goes on without it."""
+    cfg = RunConfig.from_flat({**SMALL, "rounds": 2, "eval-every": 5, "round-timeout": 15.0})
+    real = make_client_app()
+    slow = ClientApp()
+
+    @slow.train()
+    def train(msg: Message, context: Context) -> Message:
+        late = msg.content.config_records[wire.RECORD_CONFIG][wire.CFG_ROUND] == 2
+        if late and int(context.node_config["partition-id"]) == 0:
+            import time
+
+            time.sleep(30)
+        return real(msg, context)
+
+    @slow.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return real(msg, context)
+
+    _, history = _run(cfg, slow, 24)
+    assert [r["dropouts"] for r in history] == [0, 1]
+    assert [r["survivors"] for r in history] == [24, 23]
