@@ -84,10 +84,7 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
                                **privacy.report(device_metrics)}
         if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
             row.update(evaluate_round(grid, cfg, state, nodes, rnd))
-        saved = time.perf_counter()
-        _record(run_dir, state, cfg, row, privacy.state())
-        row["checkpoint_seconds"] = time.perf_counter() - saved
-        row["seconds"] = time.perf_counter() - start
+        _record(run_dir, state, cfg, row, privacy.state(), start)
         result.history.append(row)
         if on_round:
             on_round(row)
@@ -178,11 +175,16 @@ def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int
 
 
 def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[str, Any],
-            privacy_state: dict[str, Any]) -> None:
+            privacy_state: dict[str, Any], start: float) -> None:
+    """Checkpoint, then the metrics line (with the checkpoint's cost), then the log line."""
+    if run_dir is not None:
+        saved = time.perf_counter()
+        save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat), "privacy": privacy_state})
+        row["checkpoint_seconds"] = time.perf_counter() - saved
+    row["seconds"] = time.perf_counter() - start
     log.info("round %d: %s", row["round"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     if run_dir is None:
         return
-    save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat), "privacy": privacy_state})
     path = run_dir / METRICS
     previous = path.read_text() if path.exists() else ""
     atomic_write_text(path, previous + json.dumps(row) + "\n")
