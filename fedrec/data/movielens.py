@@ -68,27 +68,7 @@ ML100K_GENRES: tuple[str, ...] = (
 )
 """Genre columns of ``u.item`` in file order (as listed in ``u.genre``)."""
 
-MOVIELENS_GENRES: tuple[str, ...] = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-    "IMAX",
-)
+MOVIELENS_GENRES: tuple[str, ...] = (*ML100K_GENRES[1:], "IMAX")
 """Canonical genre order for ``movies.dat``/``movies.csv``; unlisted genres follow, sorted."""
 
 _NO_GENRES = "(no genres listed)"

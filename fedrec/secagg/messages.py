@@ -301,7 +301,10 @@ class PeerKeys:
         )
 
 
-@dataclass(frozen=True)
+_R = TypeVar("_R", bound="_Routed")
+
+
+@dataclass(frozen=True, repr=False)
 class _Routed:
     """Ciphertexts keyed by the other endpoint's node id."""
 
@@ -339,6 +342,23 @@ class _Routed:
             "ciphertexts": list(self.ciphertexts),
         }
 
+    @classmethod
+    def from_mapping(cls: type[_R], *, round_id: int, node_id: int, ciphertexts: Mapping[int, bytes]) -> _R:
+        """Build from ``other node id -> ciphertext`` (ids sorted)."""
+        ids = tuple(sorted(ciphertexts))
+        return cls(round_id=round_id, node_id=node_id, ids=ids, ciphertexts=tuple(ciphertexts[i] for i in ids))
+
+    @classmethod
+    def from_dict(cls: type[_R], data: Mapping[str, Any]) -> _R:
+        """Validated inverse of :meth:`to_dict`."""
+        d = _read(data, cls.KIND, ("round_id", "node_id", cls.IDS_KEY, "ciphertexts"))
+        return cls(
+            round_id=d["round_id"],
+            node_id=d["node_id"],
+            ids=_check_ids(cls.KIND, cls.IDS_KEY, d[cls.IDS_KEY]),
+            ciphertexts=_check_bytes_list(cls.KIND, "ciphertexts", d["ciphertexts"], CIPHERTEXT_BYTES),
+        )
+
 
 @dataclass(frozen=True, repr=False)
 class ShareKeys(_Routed):
@@ -355,31 +375,6 @@ class ShareKeys(_Routed):
         """Node ids the ciphertexts are addressed to."""
         return self.ids
 
-    @classmethod
-    def from_mapping(
-        cls, *, round_id: int, node_id: int, ciphertexts: Mapping[int, bytes]
-    ) -> ShareKeys:
-        """Build from ``receiver -> ciphertext`` (receivers sorted)."""
-        ids = tuple(sorted(ciphertexts))
-        return cls(
-            round_id=round_id,
-            node_id=node_id,
-            ids=ids,
-            ciphertexts=tuple(ciphertexts[i] for i in ids),
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ShareKeys:
-        """Validated inverse of :meth:`to_dict`."""
-        d = _read(data, cls.KIND, ("round_id", "node_id", cls.IDS_KEY, "ciphertexts"))
-        return cls(
-            round_id=d["round_id"],
-            node_id=d["node_id"],
-            ids=_check_ids(cls.KIND, cls.IDS_KEY, d[cls.IDS_KEY]),
-            ciphertexts=_check_bytes_list(
-                cls.KIND, "ciphertexts", d["ciphertexts"], CIPHERTEXT_BYTES
-            ),
-        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -397,31 +392,6 @@ class RoutedShares(_Routed):
         """Node ids the ciphertexts come from."""
         return self.ids
 
-    @classmethod
-    def from_mapping(
-        cls, *, round_id: int, node_id: int, ciphertexts: Mapping[int, bytes]
-    ) -> RoutedShares:
-        """Build from ``sender -> ciphertext`` (senders sorted)."""
-        ids = tuple(sorted(ciphertexts))
-        return cls(
-            round_id=round_id,
-            node_id=node_id,
-            ids=ids,
-            ciphertexts=tuple(ciphertexts[i] for i in ids),
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RoutedShares:
-        """Validated inverse of :meth:`to_dict`."""
-        d = _read(data, cls.KIND, ("round_id", "node_id", cls.IDS_KEY, "ciphertexts"))
-        return cls(
-            round_id=d["round_id"],
-            node_id=d["node_id"],
-            ids=_check_ids(cls.KIND, cls.IDS_KEY, d[cls.IDS_KEY]),
-            ciphertexts=_check_bytes_list(
-                cls.KIND, "ciphertexts", d["ciphertexts"], CIPHERTEXT_BYTES
-            ),
-        )
 
 
 @dataclass(frozen=True, eq=False)
