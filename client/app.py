@@ -25,7 +25,7 @@ from fedrec.errors import ConfigError
 from fedrec.model.params import GlobalParams
 from fedrec.privacy.plan import privacy_plan
 from fedrec.runconfig import RunConfig, load_run_dataset
-from fedrec.train.device import device_evaluate, device_train
+from fedrec.train.device import DeviceRound, device_evaluate, device_train
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,8 @@ def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mo
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg, glob, rnd = parse_downlink(msg)
         state = load_state(context)
-        out = device_train(source(context, cfg), state, glob, model=cfg.model, local=cfg.fed.local,
-                           seed=cfg.fed.seed, round_=rnd, privacy=privacy_plan(cfg))
+        out = train_device(msg, context, state, source)
         save_state(context, state)
         update = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.update.segments().items()})
         metrics: dict[str, Any] = dict(out.metrics)
@@ -75,6 +73,13 @@ def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mo
 
     register_secagg(app, source)
     return app
+
+
+def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider) -> DeviceRound:
+    """Train the device's users on the downlink table; the plain and the secure train paths both call this."""
+    cfg, glob, rnd = parse_downlink(msg)
+    return device_train(source(context, cfg), state, glob, model=cfg.model, local=cfg.fed.local,
+                        seed=cfg.fed.seed, round_=rnd, privacy=privacy_plan(cfg))
 
 
 def parse_downlink(msg: Message) -> tuple[RunConfig, GlobalParams, int]:

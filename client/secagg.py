@@ -10,14 +10,18 @@ the device's plain metrics; the update itself never leaves the device.
 Any refusal raises: Flower turns it into an error reply, which the server
 treats as a dropout. The state is written back whether the stage succeeded or
 not, so a refused message cannot roll the device back to an earlier stage.
+
+The mask stage trains through ``client.app``'s ``train_device``, the plain
+path's own training call (privacy plan included). ``client.app`` registers
+these handlers while it builds its ClientApp at import time, so the handlers
+take its helpers when they run, not when this module loads.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,11 +29,9 @@ from flwr.clientapp import ClientApp
 
 from fedrec import wire
 from fedrec.secagg import SecAggMessageError, flatten_update, handle_secagg
-from fedrec.train.device import device_train
 
-from .app import SourceProvider, load_state, parse_downlink, save_state
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .app import SourceProvider
 
 
 def register_secagg(app: ClientApp, source: SourceProvider) -> None:
@@ -53,6 +55,8 @@ class StageHandler:
     source: SourceProvider
 
     def __call__(self, msg: Message, context: Context) -> Message:
+        from .app import load_state, save_state
+
         payload = message_payload(msg)
         state = load_state(context)
         metrics: dict[str, Any] = {}
@@ -75,9 +79,9 @@ def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], sourc
     """``segments()`` for the mask stage: train the device's users on the downlink table, flatten the update."""
 
     def segments() -> dict[str, np.ndarray]:
-        cfg, glob, rnd = parse_downlink(msg)
-        out = device_train(source(context, cfg), state, glob, model=cfg.model, local=cfg.fed.local,
-                           seed=cfg.fed.seed, round_=rnd)
+        from .app import train_device
+
+        out = train_device(msg, context, state, source)
         metrics.update(out.metrics)
         return flatten_update(out.update.segments())
 

@@ -118,7 +118,9 @@ class GridExchange:
     """``exchange(stage, {node: payload}) -> {node: reply or None}`` over a Flower Grid.
 
     One ``send_and_receive`` per stage; ``None`` marks an error reply, a node
-    without a reply before ``secagg.timeout`` is simply absent. The mask stage
+    without a reply before ``secagg.timeout`` is simply absent (the message's
+    TTL is the same timeout, so a stage the server gave up on expires instead
+    of running late on the device). The mask stage
     adds the global table and round configuration to every message and keeps
     the devices' plain metrics.
     """
@@ -135,7 +137,7 @@ class GridExchange:
             if id(payload) not in records:
                 records[id(payload)] = RecordDict({**shared, **payload_records(payload)})
             messages.append(Message(records[id(payload)], dst_node_id=node, message_type=stage,
-                                    group_id=str(self.rnd)))
+                                    group_id=str(self.rnd), ttl=self.cfg.secagg.timeout))
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.secagg.timeout)
         out: dict[int, dict[str, Any] | None] = {}
         for reply in replies:

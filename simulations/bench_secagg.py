@@ -8,10 +8,13 @@ SecAgg+ graph (``secagg.neighbours = auto``) and with the complete graph
 (``SecAggPlusWorkflow`` in a ``DefaultWorkflow`` with ``LegacyContext`` and
 ``FedAvg``; ``secaggplus_mod`` on a ``NumPyClient``) with the same devices,
 the same local training, the same vector length (``n_items * 34``, plus
-Flower's weight) and the same neighbourhood size ``k`` and threshold ``t`` as
-fedrec's ``auto`` mode. Both simulations use the link-state index of
-:mod:`simulations.flower_linkstate` when it applies (Flower 1.42.x), so
-neither pays Flower's O(nodes x messages) polling.
+Flower's weight), the threshold ``t`` of fedrec's ``auto`` mode and at most
+its neighbourhood size ``k`` (Flower's ring needs an odd ``num_shares``, so
+it gets ``k`` or ``k - 1`` neighbours; column ``k`` says which). Both
+simulations use the link-state index of :mod:`simulations.flower_linkstate`
+when it applies (Flower 1.42.x), so neither pays Flower's O(nodes x messages)
+polling. The Flower app is built as a Flower app module would build it
+(module-level ``client_fn``), fedrec's as ``client.app`` builds it.
 
 Columns: ``round_s`` median wall seconds per round after a warm-up round;
 ``server_s`` the part of it outside ``send_and_receive`` (sampling, routing,
@@ -45,6 +48,8 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid, ServerApp
@@ -138,19 +143,31 @@ def traffic_kb(window: Window) -> tuple[float, float]:
             statistics.fmean(down.values()) / 1024 if down else 0.0)
 
 
-def cpu_mod(log_dir: str) -> Callable[[Message, Context, Any], Message]:
-    """A client mod appending ``wall-time node thread-cpu-seconds`` per handled message to a per-process file."""
+class TimedClientApp(ClientApp):
+    """A ClientApp that appends ``wall-time node thread-cpu-seconds`` per handled message to a per-process file.
 
-    def mod(msg: Message, context: Context, call_next: Any) -> Message:
+    A module-level class rather than a client mod: the simulation pickles the
+    ClientApp with every message, and a mod would add a closure to every
+    handler, slowing every message down by more than what it measures.
+    """
+
+    log_dir: str
+
+    @classmethod
+    def wrap(cls, app: ClientApp, log_dir: str) -> TimedClientApp:
+        timed = cls.__new__(cls)
+        timed.__dict__.update(app.__dict__)
+        timed.log_dir = log_dir
+        return timed
+
+    def __call__(self, message: Message, context: Context) -> Message:
         start = time.thread_time()
         try:
-            return call_next(msg, context)
+            return super().__call__(message, context)
         finally:
             line = f"{time.time():.6f}\t{context.node_id}\t{time.thread_time() - start:.6f}\n"
-            with open(os.path.join(log_dir, f"cpu-{os.getpid()}.tsv"), "a") as out:
+            with open(os.path.join(self.log_dir, f"cpu-{os.getpid()}.tsv"), "a") as out:
                 out.write(line)
-
-    return mod
 
 
 def client_cpu_ms(log_dir: str, window: Window) -> float:
@@ -260,34 +277,43 @@ def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], round
                 metered.windows.clear()
                 print(format_row(rows[-1], None), flush=True)
 
-    simulate(main, make_client_app(mods=[cpu_mod(log_dir)]), users)
+    simulate(main, TimedClientApp.wrap(make_client_app(), log_dir), users)
     return rows
 
 
 # -- Flower's SecAgg+ -----------------------------------------------------------------------
 
 
+class MFClient(NumPyClient):  # type: ignore[misc]
+    """Flower's legacy client doing fedrec's local training: returns ``[dq, db, counts]`` (``n_items * 34`` floats)."""
+
+    def __init__(self, context: Context, cfg: RunConfig) -> None:
+        self.context, self.cfg = context, cfg
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        from fedrec.client.app import simulation_source
+
+        cfg = self.cfg
+        glob = GlobalParams.from_arrays({"item_factors": parameters[0], "item_bias": parameters[1]}, 3.0)
+        out = device_train(simulation_source(self.context, cfg), {}, glob, model=cfg.model, local=cfg.fed.local,
+                           seed=cfg.fed.seed, round_=int(config.get("round", 1)))
+        seg = out.update.segments()
+        return [seg["item_factors"], seg["item_bias"], seg["counts"]], 1, {}
+
+
+@dataclass(frozen=True)
+class ClientFn:
+    """Flower's ``client_fn`` as a module-level callable (what a Flower app module defines)."""
+
+    cfg: RunConfig
+
+    def __call__(self, context: Context) -> Any:
+        return MFClient(context, self.cfg).to_client()
+
+
 def flower_client_app(cfg: RunConfig, log_dir: str) -> ClientApp:
-    """Flower's legacy ClientApp: a NumPyClient doing fedrec's local training, under ``secaggplus_mod``."""
-    from fedrec.client.app import simulation_source
-    from flwr.client import NumPyClient
-    from flwr.client.mod import secaggplus_mod
-
-    class MFClient(NumPyClient):  # type: ignore[misc]
-        def __init__(self, context: Context) -> None:
-            self.context = context
-
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
-            glob = GlobalParams.from_arrays({"item_factors": parameters[0], "item_bias": parameters[1]}, 3.0)
-            out = device_train(simulation_source(self.context, cfg), {}, glob, model=cfg.model,
-                               local=cfg.fed.local, seed=cfg.fed.seed, round_=int(config.get("round", 1)))
-            seg = out.update.segments()
-            return [seg["item_factors"], seg["item_bias"], seg["counts"]], 1, {}
-
-    def client_fn(context: Context) -> Any:
-        return MFClient(context).to_client()
-
-    return ClientApp(client_fn=client_fn, mods=[cpu_mod(log_dir), secaggplus_mod])
+    """Flower's legacy ClientApp: the NumPyClient under ``secaggplus_mod``."""
+    return TimedClientApp.wrap(ClientApp(client_fn=ClientFn(cfg), mods=[secaggplus_mod]), log_dir)
 
 
 def bench_flower(items: int, cohorts: Sequence[int], rounds: int) -> list[Row]:
@@ -425,4 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run under the package name, so Ray workers unpickle this module's classes by reference.
+    from fedrec.simulations.bench_secagg import main as package_main
+
+    sys.exit(package_main())

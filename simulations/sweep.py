@@ -140,8 +140,9 @@ def flower_runner(out: Path) -> Runner:
 
 def run_sweep(base: dict[str, Scalar], out: Path, *, quick: bool = False, engine: str = "reference",
               epsilons: Sequence[float] = EPSILONS, protocols: Sequence[str] = PROTOCOLS,
-              unit_overrides: dict[str, dict[str, Scalar]] | None = None, runner: Runner | None = None,
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+              units: Sequence[str] = UNITS, unit_overrides: dict[str, dict[str, Scalar]] | None = None,
+              runner: Runner | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+              ) -> list[dict[str, Any]]:
     """Run every point, then write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` into ``out``.
 
     ``unit_overrides`` maps a unit (``off``, ``rating``, ``user``) to keys set on its runs only.
@@ -149,7 +150,7 @@ def run_sweep(base: dict[str, Scalar], out: Path, *, quick: bool = False, engine
     out.mkdir(parents=True, exist_ok=True)
     run = runner or (reference_runner if engine == "reference" else flower_runner(out))
     rows = []
-    for point in points(epsilons, protocols):
+    for point in points(epsilons, protocols, units):
         row = _run_point(point, base, quick=quick, engine=engine, run=run, unit_overrides=unit_overrides or {})
         rows.append(row)
         if on_row:
@@ -297,6 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset (default synthetic); ML-100K needs --data-dir or FEDREC_DATA_DIR")
     parser.add_argument("--data-dir", help="data root (default: $FEDREC_DATA_DIR)")
     parser.add_argument("--protocols", default="E1,R1", help="comma-separated protocols (default E1,R1)")
+    parser.add_argument("--units", default="rating,user", help="comma-separated DP units (default rating,user)")
     parser.add_argument("--epsilons", default="1,2,4,8,16,inf", help="comma-separated targets (default 1..16,inf)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[UNIT:]KEY=VALUE",
                         help="run-config override for every run, or with a unit prefix (rating:, user:, off:) "
@@ -337,13 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         epsilons = [math.inf if e.strip().lower() == "inf" else float(e) for e in args.epsilons.split(",")]
         protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+        units = [u.strip() for u in args.units.split(",") if u.strip()]
         for p in protocols:
             if p not in PROTOCOLS:
                 raise FedRecError(f"--protocols: {p!r} is not one of {PROTOCOLS}")
+        for u in units:
+            if u not in UNITS:
+                raise FedRecError(f"--units: {u!r} is not one of {UNITS}")
         out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         base, per_unit = base_config(args)
         rows = run_sweep(base, out, quick=args.quick, engine=args.engine, epsilons=epsilons, protocols=protocols,
-                         unit_overrides=per_unit)
+                         units=units, unit_overrides=per_unit)
     except (FedRecError, ValueError) as exc:
         print(f"fedrec sweep: error: {exc}", file=sys.stderr)
         return 2

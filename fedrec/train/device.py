@@ -138,7 +138,7 @@ def device_evaluate(source: InteractionSource, state: DeviceState, glob: GlobalP
         params = None if refold else load_local(state, int(user))
         if params is None:
             params = _cold_start(glob, train.items[tr], train.ratings[tr], model, local,
-                                 np.random.default_rng([seed, int(user)]))
+                                 np.random.default_rng([seed, int(user)]), train.timestamps[tr])
         total.merge(client_evaluate(glob, params, train.items[tr], test.items[te], test.ratings[te],
                                     kind=model.kind, scale=scale))
     return total
@@ -216,10 +216,11 @@ def _noise_rng(secure: bool, seeded: bool, seed: int, round_: int, user_offset: 
 
 
 def _cold_start(glob: GlobalParams, items: np.ndarray, ratings: np.ndarray, model: MFConfig, local: LocalConfig,
-                rng: np.random.Generator) -> LocalParams:
+                rng: np.random.Generator, timestamps: np.ndarray | None = None) -> LocalParams:
     if model.kind == "explicit":
         return fold_in(glob, items, ratings, reg=model.reg, bias_reg=model.bias_reg)
-    _, params = client_round(glob, initial_local(model, rng), items, ratings, model=model, config=local, rng=rng)
+    _, params = client_round(glob, initial_local(model, rng), items, ratings, model=model, config=local, rng=rng,
+                             timestamps=timestamps)
     return params
 
 

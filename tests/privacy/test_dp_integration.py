@@ -22,7 +22,7 @@ from fedrec.privacy.config import DPConfig
 from fedrec.privacy.plan import (
     PrivacyPlan,
     build_plan,
-    calibration_grid_floor,
+    calibrate_noise_multiplier,
     privacy_plan,
     with_min_survivors,
 )
@@ -130,8 +130,19 @@ def test_rating_level_calibration_spends_the_whole_budget_and_no_more() -> None:
         sigma = plan.rating.noise_multiplier_for(n)
         schedule = local_schedule(n_ratings=n, batch_size=8, epochs=1)
         eps = _opacus_epsilon([(sigma, schedule.sample_rate, 5 * schedule.steps)])
-        assert 7.0 < eps <= 8.0
-    assert calibration_grid_floor(200) <= 200 and calibration_grid_floor(200) > 180
+        assert 7.99 <= eps <= 8.0
+
+
+@pytest.mark.parametrize("eps,q,steps", [(8.0, 0.2, 150), (1.0, 0.01, 1000), (16.0, 1.0, 3), (0.5, 1.0, 1),
+                                         (4.0, 0.05, 30)])
+def test_fast_calibration_meets_the_opacus_contract(eps: float, q: float, steps: int) -> None:
+    from fedrec.privacy.calibration import noise_multiplier_for
+
+    sigma = calibrate_noise_multiplier(epsilon=eps, delta=DELTA, sample_rate=q, steps=steps)
+    reached = _opacus_epsilon([(sigma, q, steps)])
+    assert eps - 0.01 <= reached <= eps
+    assert sigma == pytest.approx(noise_multiplier_for(epsilon=eps, delta=DELTA, sample_rate=q, steps=steps),
+                                  rel=0.01)
 
 
 def test_evaluation_under_rating_dp_folds_in_locally(small_explicit: Dataset) -> None:

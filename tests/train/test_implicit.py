@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.errors import ConfigError
+from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig, recency_weights
 from fedrec.model.params import GlobalParams, LocalParams
+from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.central import CentralConfig, _implicit_loss, _init_params, train_central
+from fedrec.train.federated import FedConfig, run_reference
 from fedrec.train.local import LocalConfig, _implicit_grad, local_update, sample_negatives
 
 
@@ -27,7 +33,7 @@ def test_central_loss_decreases_under_sgd(loss: str) -> None:
     opt = torch.optim.SGD(list(params.values()), lr=0.05)
 
     def value() -> float:
-        return float(_implicit_loss(params, u, i, 30, cfg, torch.Generator().manual_seed(1)))
+        return float(_implicit_loss(params, u, i, 30, cfg, torch.Generator().manual_seed(1)).detach())
 
     before = value()
     for step in range(200):
@@ -56,11 +62,12 @@ def test_central_gradient_raises_positive_and_lowers_negatives(loss: str) -> Non
     with torch.no_grad():
         for p in params.values():
             assert p.grad is not None
-            p -= 0.1 * p.grad
+            p.sub_(0.1 * p.grad)
     pos1, neg1 = scores()
     assert pos1 > pos0 and neg1 < neg0
 
 
+@torch.no_grad()
 def test_negative_term_is_averaged_and_weighted() -> None:
     params = _params(2, 10, 4, seed=1)
     u, i = torch.tensor([0, 1]), torch.tensor([2, 5])
@@ -75,15 +82,15 @@ def test_negative_term_is_averaged_and_weighted() -> None:
     assert three - pos_term == pytest.approx(3 * (one - pos_term), rel=1e-5)
 
 
+@torch.no_grad()
 def test_positive_weights_scale_each_row() -> None:
     cfg = MFConfig(kind="implicit", dim=4, reg=0.0, bias_reg=0.0, negatives=3)
     params = _params(2, 10, 4, seed=2)
-    u, i = torch.tensor([0, 1]), torch.tensor([2, 5])
-    single = [float(_implicit_loss(params, u[k:k + 1], i[k:k + 1], 10, cfg, torch.Generator().manual_seed(k)))
-              for k in range(2)]
-    both = float(_implicit_loss(params, u[:1], i[:1], 10, cfg, torch.Generator().manual_seed(0),
-                                torch.tensor([2.0])))
-    assert both == pytest.approx(2 * single[0], rel=1e-5)
+    u, i = torch.tensor([0]), torch.tensor([2])
+    plain = float(_implicit_loss(params, u, i, 10, cfg, torch.Generator().manual_seed(0)))
+    doubled = float(_implicit_loss(params, u, i, 10, cfg, torch.Generator().manual_seed(0),
+                                   torch.tensor([2.0])))
+    assert doubled == pytest.approx(2 * plain, rel=1e-5)
 
 
 def test_recency_weights_count_later_interactions_per_user() -> None:
@@ -216,19 +223,31 @@ def test_device_recency_weights_follow_timestamps() -> None:
                              timestamps=np.array([1, 2]), **args)  # type: ignore[arg-type]
     late_4, _ = local_update(glob, local, positives, np.ones(2), rng=np.random.default_rng(0),
                              timestamps=np.array([2, 1]), **args)  # type: ignore[arg-type]
-    boost = 1 + 9.0
-    # the latest positive moves 1 + boost times as far as without timestamps; the earlier one barely more than 1
-    assert late_9.item_bias[9] == pytest.approx(boost * plain.item_bias[9], rel=1e-4)
-    assert late_4.item_bias[4] == pytest.approx(boost * plain.item_bias[4], rel=1e-4)
-    assert abs(late_9.item_bias[4]) < 1.2 * abs(plain.item_bias[4])
+    latest, second = 1 + 9.0, 1 + 9.0 * np.exp(-1 / 0.5)
+    assert late_9.item_bias[9] == pytest.approx(latest * plain.item_bias[9], rel=1e-4)
+    assert late_9.item_bias[4] == pytest.approx(second * plain.item_bias[4], rel=1e-4)
+    assert late_4.item_bias[4] == pytest.approx(latest * plain.item_bias[4], rel=1e-4)
 
 
-def test_implicit_model_learns_synthetic_ranking() -> None:
+def test_recency_weighted_model_learns_synthetic_ranking() -> None:
     data = load_dataset("synthetic", protocol="R1")
     model = MFConfig(kind="implicit", dim=8, reg=0.01, bias_reg=0.01, negatives=8, neg_weight=16.0,
                      recency_boost=2.0)
-    fitted = train_central(data.train, model, CentralConfig(epochs=3, lr=0.01, batch_size=1024))
-    from fedrec.metrics.evaluate import baseline_metrics, evaluate
-
+    fitted = train_central(data.train, model, CentralConfig(epochs=2, lr=0.01, batch_size=1024))
     hr = evaluate(data, "R1", predict=fitted.predict, score_block=fitted.score_block)["hr@10"]
-    assert hr > baseline_metrics(data, "R1")["hr@10"]
+    assert hr > 2 * 10 / data.n_items
+
+
+def test_reference_loop_hands_each_device_its_timestamps(small_implicit: Dataset) -> None:
+    fed = FedConfig(rounds=2, eval_every=2, local=LocalConfig(steps=2, lr=0.3, user_lr=1.0),
+                    server=ServerOptConfig(name="adam", lr=0.05))
+    base = dict(kind="implicit", dim=4, reg=0.01, bias_reg=0.01, negatives=4, neg_weight=8.0)
+    stamps = small_implicit.train.timestamps
+    reversed_time = Dataset(small_implicit.name, replace(small_implicit.train, timestamps=stamps.max() - stamps),
+                            small_implicit.test, None)
+    plain, _ = run_reference(small_implicit, MFConfig(**base), fed)  # type: ignore[arg-type]
+    recent, history = run_reference(small_implicit, MFConfig(**base, recency_boost=4.0), fed)  # type: ignore[arg-type]
+    flipped, _ = run_reference(reversed_time, MFConfig(**base, recency_boost=4.0), fed)  # type: ignore[arg-type]
+    assert not np.allclose(plain.glob.item_factors, recent.glob.item_factors)
+    assert not np.allclose(recent.glob.item_factors, flipped.glob.item_factors)
+    assert history[-1]["hr@10"] > 2 * 10 / small_implicit.n_items
