@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Earlier tests may have started Ray, which exports PYTHONPATH with the checkout in it.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
 IMPORTS = "import fedrec.server.app, fedrec.client.app, fedrec.simulations.runner, fedrec; print(fedrec.__file__)"
 
 
@@ -30,7 +33,7 @@ def fresh_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.create(env, with_pip=False)
     python = env / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+                          check=True, capture_output=True, text=True, env=CLEAN_ENV).stdout.strip()
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
                    check=True)
     # Dependencies only: a path line adds the folder but does not run its .pth files (no editable fedrec).
@@ -47,16 +50,19 @@ def test_wheel_contains_no_bare_top_level_packages(wheel: Path) -> None:
 
 
 def test_installed_wheel_imports_from_elsewhere(fresh_python: Path, tmp_path: Path) -> None:
-    out = subprocess.run([str(fresh_python), "-c", IMPORTS], cwd=tmp_path, check=True, capture_output=True, text=True)
+    out = subprocess.run([str(fresh_python), "-c", IMPORTS], cwd=tmp_path, check=True, capture_output=True, text=True,
+                         env=CLEAN_ENV)
     assert str(fresh_python.parent.parent) in out.stdout
 
 
 def test_installed_wheel_imports_from_the_project_root(fresh_python: Path) -> None:
     """Flower puts the app folder first on sys.path; the local fedrec/ must still expose fedrec.server."""
-    subprocess.run([str(fresh_python), "-c", IMPORTS], cwd=ROOT, check=True, capture_output=True, text=True)
+    subprocess.run([str(fresh_python), "-c", IMPORTS], cwd=ROOT, check=True, capture_output=True, text=True,
+                   env=CLEAN_ENV)
     # The app components named in pyproject resolve from the project folder, as Flower loads them.
     code = "import importlib; [getattr(importlib.import_module(m), 'app') for m in ('server.app', 'client.app')]"
-    subprocess.run([str(fresh_python), "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    subprocess.run([str(fresh_python), "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
+                   env=CLEAN_ENV)
 
 
 def test_flower_loads_the_app_components_from_the_project_folder() -> None:
