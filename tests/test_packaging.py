@@ -22,7 +22,7 @@ IMPORTS = "import fedrec.server.app, fedrec.client.app, fedrec.simulations.runne
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True)
+                    str(ROOT)], check=True, env=CLEAN_ENV)
     return next(out.glob("fedrec-*.whl"))
 
 
@@ -35,7 +35,7 @@ def fresh_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True, env=CLEAN_ENV).stdout.strip()
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   check=True)
+                   check=True, env=CLEAN_ENV)
     # Dependencies only: a path line adds the folder but does not run its .pth files (no editable fedrec).
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
