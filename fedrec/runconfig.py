@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Scalar] = {
     "model.init-std": 0.1,
     "model.negatives": 4,
     "model.loss": "logistic",
+    "model.neg-weight": 4.0,
+    "model.recency-boost": 0.0,
+    "model.recency-scale": 5.0,
     "local.steps": 10,
     "local.lr": 0.05,
     "local.user-lr": 0.05,
@@ -82,7 +85,11 @@ SYNTHETIC_PREFIX = "synthetic."
 
 PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
     "E1": {},
-    "R1": {"model.reg": 0.01, "model.bias-reg": 0.01, "model.negatives": 16, "local.fold-in": False},
+    # fedrec.train.presets (chosen on validation: python -m simulations.tune_r1)
+    "R1": {"model.reg": 0.02, "model.bias-reg": 0.01, "model.negatives": 16, "model.neg-weight": 16.0,
+           "model.recency-boost": 4.0, "model.recency-scale": 5.0, "local.fold-in": False, "rounds": 60,
+           "eval-every": 10, "local.steps": 5, "local.lr": 0.3, "local.user-lr": 1.0, "strategy.optimizer": "adam",
+           "strategy.server-lr": 0.05},
 }
 
 # With differential privacy on, devices send no per-item counts, so the server averages per device.
@@ -255,7 +262,10 @@ def _data(flat: Mapping[str, Scalar]) -> DataSpec:
 def _model(flat: Mapping[str, Scalar]) -> MFConfig:
     return MFConfig(kind="explicit" if flat["protocol"] == "E1" else "implicit", dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
                     bias_reg=_get(flat, "model.bias-reg", float), init_std=_get(flat, "model.init-std", float),
-                    negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str))
+                    negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str),
+                    neg_weight=_get(flat, "model.neg-weight", float),
+                    recency_boost=_get(flat, "model.recency-boost", float),
+                    recency_scale=_get(flat, "model.recency-scale", float))
 
 
 def _fed(flat: Mapping[str, Scalar]) -> FedConfig:

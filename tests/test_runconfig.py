@@ -74,3 +74,16 @@ def test_pyproject_app_config_matches_defaults() -> None:
 @pytest.mark.parametrize("conf", sorted((ROOT / "simulations" / "conf").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(conf: Path) -> None:
     RunConfig.from_flat(load_toml(conf))
+
+
+def test_protocol_presets_match_the_tuned_presets() -> None:
+    """`fedrec simulate --protocol R1` trains what simulations/tune_r1.py chose."""
+    from fedrec.train.presets import FED_PRESETS, MODEL_PRESETS
+
+    cfg = RunConfig.from_flat({"protocol": "R1"})
+    assert cfg.model == MODEL_PRESETS["R1"]
+    fed = FED_PRESETS["R1"]
+    assert (cfg.fed.rounds, cfg.fed.local, cfg.fed.server, cfg.fed.averaging) == (
+        fed.rounds, fed.local, fed.server, fed.averaging)
+    e1 = RunConfig.from_flat({})
+    assert e1.model == MODEL_PRESETS["E1"]
