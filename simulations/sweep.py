@@ -54,19 +54,23 @@ PROTOCOLS: tuple[str, ...] = ("E1", "R1")
 SCORE = {"E1": "rmse", "R1": "hr@10"}
 RATING_DELTA = 1e-5
 
-#: Per-unit settings of the sweep runs (any key can be overridden with --set).
+#: Per-unit settings of the sweep runs (any key can be overridden with --set, per unit with a prefix).
+#: Rating-level: the ML-100K validation choice (simulations/conf/dp-rating.toml); user-level: the
+#: choice of simulations/conf/dp-user.toml with a larger cohort for the default 2,000 users. The
+#: non-private run samples the same expected cohort as the user-level runs.
 UNIT_SETTINGS: dict[str, dict[str, Scalar]] = {
-    "off": {},
-    "rating": {"dp.clip": 1.0, "dp.batch-size": 4, "dp.local-epochs": 1, "local.lr": 0.5,
-               "strategy.server-lr": 2.0},
-    "user": {"dp.clip": 0.5, "dp.cohort-rate": 0.2, "strategy.server-lr": 3.0},
+    "off": {"cohort": 0.2},
+    "rating": {"rounds": 10, "model.dim": 4, "local.lr": 0.1, "strategy.server-lr": 20.0, "dp.clip": 1.0,
+               "dp.batch-size": 4, "dp.local-epochs": 1},
+    "user": {"dp.cohort-rate": 0.2, "dp.clip": 1.0, "strategy.optimizer": "adagrad", "strategy.server-lr": 0.2},
 }
 
 #: The --quick population: small, every user with the same number of ratings (one calibration).
 QUICK: dict[str, Scalar] = {"dataset": "synthetic", "synthetic.n-users": 300, "synthetic.n-items": 60,
                             "synthetic.mean-interactions": 12, "synthetic.activity-sigma": 0.0,
                             "synthetic.min-interactions": 5, "model.dim": 8, "rounds": 5, "eval-every": 5}
-QUICK_UNIT: dict[str, dict[str, Scalar]] = {"rating": {"dp.batch-size": 64}, "user": {"dp.cohort-rate": 0.5}}
+QUICK_UNIT: dict[str, dict[str, Scalar]] = {"off": {"cohort": 0.5}, "rating": {"rounds": 5, "model.dim": 4},
+                                            "user": {"dp.cohort-rate": 0.5}}
 
 FIELDS = ("protocol", "unit", "epsilon_target", "epsilon", "delta", "accountant", "noise_multiplier", "rounds",
           "rmse", "mae", "hr@10", "ndcg@10", "seconds", "engine", "status")

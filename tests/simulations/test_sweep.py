@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from fedrec.simulations.sweep import main, markdown, points, run_sweep
 
 
