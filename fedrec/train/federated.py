@@ -1,11 +1,13 @@
 """Federated training logic, independent of any transport.
 
 The Flower apps in ``server/`` and ``client/`` are thin adapters over this
-module: the server keeps a :class:`ServerState` and feeds it the round's sums;
-the client calls :func:`client_round`. :func:`run_reference` runs the same two
-functions in one process, without Flower; it exists to test the math, to tune
-hyper-parameters quickly, and to reach population sizes where Flower's
-per-message cost (milliseconds per device) would dominate on one machine.
+module: the server keeps a :class:`ServerState` and feeds it the round's sums
+through a privacy policy (:mod:`fedrec.privacy.server`); the client calls
+:func:`fedrec.train.device.device_train`, which calls :func:`client_round`.
+:func:`run_reference` runs the same device functions and the same policy in one
+process, without Flower; it exists to test the math, to tune hyper-parameters
+quickly, and to reach population sizes where Flower's per-message cost
+(milliseconds per device) would dominate on one machine.
 """
 
 from __future__ import annotations
