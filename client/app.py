@@ -11,6 +11,7 @@ aggregation) or evaluation sums and counts.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -94,7 +95,24 @@ def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], s
     """Train the device's users on the downlink table; the plain and the secure train paths both call this."""
     cfg, glob, rnd = parse_downlink(msg)
     return device_train(source(context, cfg), state, glob, model=cfg.model, local=cfg.fed.local,
-                        seed=cfg.fed.seed, round_=rnd, privacy=privacy_plan(cfg))
+                        seed=cfg.fed.seed, round_=rnd, privacy=privacy_plan(cfg),
+                        user_offset=stream_offset(context, cfg, state))
+
+
+def stream_offset(context: Context, cfg: RunConfig, state: dict[str, np.ndarray]) -> int:
+    """Where this device's training-randomness streams start, distinct per device.
+
+    Without it every one-user device would draw the same negatives and the same
+    minibatch order. A simulated device derives it from its partition id (so a
+    run is reproducible); a real device draws it once from OS entropy and keeps
+    it in its state.
+    """
+    pid = context.node_config.get("partition-id")
+    if pid is not None:
+        return int(pid) * max(cfg.data.users_per_client, 1)
+    if wire.STATE_STREAM not in state:
+        state[wire.STATE_STREAM] = np.array([secrets.randbits(62)], np.int64)
+    return int(state[wire.STATE_STREAM][0])
 
 
 def parse_downlink(msg: Message) -> tuple[RunConfig, GlobalParams, int]:

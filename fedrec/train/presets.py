@@ -27,7 +27,7 @@ CENTRAL_PRESETS: dict[str, CentralConfig] = {
 }
 
 FED_PRESETS: dict[str, FedConfig] = {
-    "R1": FedConfig(rounds=60, cohort=1.0, averaging="item", eval_every=10,
-                    local=LocalConfig(steps=5, lr=0.3, user_lr=1.0, fold_in=False),
+    "R1": FedConfig(rounds=140, cohort=1.0, averaging="item", eval_every=20,
+                    local=LocalConfig(steps=2, lr=0.6, user_lr=1.0, fold_in=False),
                     server=ServerOptConfig(name="adam", lr=0.05)),
 }
