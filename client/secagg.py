@@ -1,20 +1,26 @@
-"""Device side of secure aggregation: the four ``train.secagg_*`` handlers of the ClientApp.
+"""Device side of secure aggregation: the ``train.secagg`` handler of the ClientApp.
 
-Each stage is answered by :func:`fedrec.secagg.handle_secagg` from the device
-state alone (``Context.state``), so the stages may run in different processes.
-The mask stage is the only one that trains: its message carries the global
+A ``train.secagg`` message holds one part per protocol stage addressed to the
+device; with pipelined rounds, the mask or unmask part of the current round and
+the setup or share part of the next. :func:`fedrec.secagg.handle_secagg_parts`
+answers each part from the device state alone (``Context.state``), so the
+stages may run in different processes, and a part that is refused or fails
+comes back as that part's error record while the other part is still answered.
+
+The mask part is the only one that trains: its message carries the global
 table and round configuration, and the device trains its users only when the
 protocol asks for the vector to mask. The reply holds the masked vector and
 the device's plain metrics; the update itself never leaves the device.
 
-Any refusal raises: Flower turns it into an error reply, which the server
-treats as a dropout. The state is written back whether the stage succeeded or
-not, so a refused message cannot roll the device back to an earlier stage.
+A message without any part raises: Flower turns it into an error reply, which
+the server treats as a dropout of every round it concerns. The state is
+written back whether the parts succeeded or not, so a refused message cannot
+roll the device back to an earlier stage.
 
-The mask stage trains through ``client.app``'s ``train_device``, the plain
+The mask part trains through ``client.app``'s ``train_device``, the plain
 path's own training call (privacy plan included). ``client.app`` registers
-these handlers while it builds its ClientApp at import time, so the handlers
-take its helpers when they run, not when this module loads.
+this handler while it builds its ClientApp at import time, so the handler
+takes its helpers when it runs, not when this module loads.
 """
 
 from __future__ import annotations
@@ -28,55 +34,55 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedrec import wire
-from fedrec.secagg import SecAggMessageError, flatten_update, handle_secagg
+from fedrec.secagg import SecAggMessageError, flatten_update, handle_secagg_parts
 
 if TYPE_CHECKING:
     from .app import SourceProvider
 
 
 def register_secagg(app: ClientApp, source: SourceProvider) -> None:
-    """Register one handler per secure-aggregation stage (``train.secagg_setup`` ...) on ``app``."""
-    for stage in (wire.MSG_SECAGG_SETUP, wire.MSG_SECAGG_SHARE, wire.MSG_SECAGG_MASK, wire.MSG_SECAGG_UNMASK):
-        category, action = stage.split(".")
-        assert category == "train"
-        app.train(action)(StageHandler(stage, source))
+    """Register the secure-aggregation handler (message type ``train.secagg``) on ``app``."""
+    category, action = wire.MSG_SECAGG.split(".")
+    assert category == "train"
+    app.train(action)(SecAggHandler(source))
 
 
 @dataclass(frozen=True)
-class StageHandler:
-    """The ClientApp function answering one stage.
+class SecAggHandler:
+    """The ClientApp function answering every part of a ``train.secagg`` message.
 
     A module-level class rather than a closure: Flower's simulation pickles the
     whole ClientApp with every message, and an instance pickles by reference
     to its class, in a fraction of the time a closure's code takes.
     """
 
-    stage: str
     source: SourceProvider
 
     def __call__(self, msg: Message, context: Context) -> Message:
         from .app import load_state, save_state
 
-        payload = message_payload(msg)
+        parts = message_parts(msg)
         state = load_state(context)
         metrics: dict[str, Any] = {}
-        mask = self.stage == wire.MSG_SECAGG_MASK
-        segments = _trainer(msg, context, state, self.source, metrics) if mask else None
+        segments = _trainer(msg, context, state, self.source, metrics) if wire.SECAGG_MASK in parts else None
         try:
-            reply = handle_secagg(self.stage, payload, state, node_id=context.node_id, segments=segments)
+            answer = handle_secagg_parts(parts, state, node_id=context.node_id, segments=segments)
         finally:
             save_state(context, state)
         content = RecordDict()
-        for name, record in payload_records(reply).items():
-            content[name] = record
-        if metrics:
+        for stage, reply in answer.replies.items():
+            for name, record in part_records(stage, reply).items():
+                content[name] = record
+        for stage, reason in answer.errors.items():
+            content[wire.secagg_error_record(stage)] = ConfigRecord({wire.SECAGG_REASON: reason})
+        if metrics and wire.SECAGG_MASK in answer.replies:
             content[wire.RECORD_METRICS] = MetricRecord(metrics)
         return Message(content, reply_to=msg)
 
 
 def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider,
              metrics: dict[str, Any]) -> Callable[[], dict[str, np.ndarray]]:
-    """``segments()`` for the mask stage: train the device's users on the downlink table, flatten the update."""
+    """``segments()`` for the mask part: train the device's users on the downlink table, flatten the update."""
 
     def segments() -> dict[str, np.ndarray]:
         from .app import train_device
@@ -88,23 +94,36 @@ def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], sourc
     return segments
 
 
-def message_payload(msg: Message) -> dict[str, Any]:
-    """The stage payload of a server message (scalars and lists, plus any arrays)."""
-    config = msg.content.config_records.get(wire.RECORD_SECAGG)
-    if config is None:
-        raise SecAggMessageError(f"{msg.metadata.message_type}: no {wire.RECORD_SECAGG!r} record")
-    out: dict[str, Any] = dict(config.items())
-    arrays = msg.content.array_records.get(wire.RECORD_SECAGG_ARRAYS)
-    if arrays is not None:
-        out.update({k: v.numpy() for k, v in arrays.items()})
-    return out
+def message_parts(msg: Message) -> dict[str, dict[str, Any]]:
+    """``{stage: payload}`` of a server message: each part's scalars and lists, plus any arrays.
+
+    Raises
+    ------
+    SecAggMessageError
+        The message holds no part.
+    """
+    records = dict(msg.content.items())
+    parts: dict[str, dict[str, Any]] = {}
+    for stage in wire.SECAGG_STAGES:
+        config = records.get(wire.secagg_record(stage))
+        if not isinstance(config, ConfigRecord):
+            continue
+        payload: dict[str, Any] = dict(config.items())
+        arrays = records.get(wire.secagg_arrays_record(stage))
+        if isinstance(arrays, ArrayRecord):
+            payload.update({k: v.numpy() for k, v in arrays.items()})
+        parts[stage] = payload
+    if not parts:
+        raise SecAggMessageError(f"{msg.metadata.message_type}: no secure-aggregation part in the message")
+    return parts
 
 
-def payload_records(payload: Mapping[str, Any]) -> dict[str, ConfigRecord | ArrayRecord]:
-    """A reply payload as records: arrays in an ArrayRecord, everything else in a ConfigRecord."""
+def part_records(stage: str, payload: Mapping[str, Any]) -> dict[str, ConfigRecord | ArrayRecord]:
+    """A part's reply payload as records: arrays in an ArrayRecord, everything else in a ConfigRecord."""
     arrays = {k: v for k, v in payload.items() if isinstance(v, np.ndarray)}
     out: dict[str, ConfigRecord | ArrayRecord] = {
-        wire.RECORD_SECAGG: ConfigRecord({k: v for k, v in payload.items() if k not in arrays})}
+        wire.secagg_record(stage): ConfigRecord({k: v for k, v in payload.items() if k not in arrays})}
     if arrays:
-        out[wire.RECORD_SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        out[wire.secagg_arrays_record(stage)] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     return out

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from fedrec.data.synthetic import SyntheticConfig
 from fedrec.errors import ConfigError
@@ -76,6 +75,7 @@ DEFAULTS: dict[str, Scalar] = {
     "secagg.bits": 32,
     "secagg.clip": 1.0,
     "secagg.timeout": 600.0,
+    "secagg.pipeline": True,
 }
 
 # Keys that are valid but have no default (absent means "not set").
@@ -87,8 +87,8 @@ PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
     "E1": {},
     # fedrec.train.presets (chosen on validation: python -m simulations.tune_r1)
     "R1": {"model.reg": 0.02, "model.bias-reg": 0.01, "model.negatives": 16, "model.neg-weight": 16.0,
-           "model.recency-boost": 4.0, "model.recency-scale": 5.0, "local.fold-in": False, "rounds": 60,
-           "eval-every": 10, "local.steps": 5, "local.lr": 0.3, "local.user-lr": 1.0, "strategy.optimizer": "adam",
+           "model.recency-boost": 4.0, "model.recency-scale": 5.0, "local.fold-in": False, "rounds": 140,
+           "eval-every": 20, "local.steps": 2, "local.lr": 0.6, "local.user-lr": 1.0, "strategy.optimizer": "adam",
            "strategy.server-lr": 0.05},
 }
 
@@ -120,6 +120,8 @@ class SecAggSpec:
     bits: int
     clip: float
     timeout: float
+    pipeline: bool = True
+    """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,8 @@ def _data(flat: Mapping[str, Scalar]) -> DataSpec:
 
 
 def _model(flat: Mapping[str, Scalar]) -> MFConfig:
-    return MFConfig(kind="explicit" if flat["protocol"] == "E1" else "implicit", dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
+    return MFConfig(kind="explicit" if flat["protocol"] == "E1" else "implicit",
+                    dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
                     bias_reg=_get(flat, "model.bias-reg", float), init_std=_get(flat, "model.init-std", float),
                     negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str),
                     neg_weight=_get(flat, "model.neg-weight", float),
@@ -293,7 +296,8 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
     if bits not in (32, 64):
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
     return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
-                      _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"))
+                      _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"),
+                      _get(flat, "secagg.pipeline", bool))
 
 
 _DATASET_CACHE: dict[tuple[Any, ...], Any] = {}

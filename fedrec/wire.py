@@ -11,11 +11,16 @@ Downlink (server -> device), every device receives the same full table:
 Uplink (device -> server), plain aggregation:
     ``RECORD_UPDATE``  dense ``item_factors``, ``item_bias``, ``counts`` deltas
     ``RECORD_METRICS`` ``ok`` and, under rating-level DP, ``epsilon``/``budget-exhausted``
-Secure aggregation, both ways: each stage's protocol payload, scalars and
-lists in the ConfigRecord ``RECORD_SECAGG``, arrays in the ArrayRecord
-``RECORD_SECAGG_ARRAYS``. The uplink update is the same three segments,
-quantized and masked in one array; the mask stage's downlink adds
-``RECORD_GLOBAL`` and ``RECORD_CONFIG``, its uplink may add ``RECORD_METRICS``.
+Secure aggregation, both ways: one ``MSG_SECAGG`` message per device and
+trip carries one *part* per protocol stage it holds (``SECAGG_SETUP`` ...
+``SECAGG_UNMASK``; at most one part per stage, and with pipelined rounds two
+parts of two consecutive rounds). A part's payload travels as scalars and
+lists in the ConfigRecord ``secagg_record(stage)`` and arrays in the
+ArrayRecord ``secagg_arrays_record(stage)``; a part the device refused comes
+back as ``secagg_error_record(stage)`` holding ``SECAGG_REASON``. The uplink
+update is the same three segments, quantized and masked in one array; a
+downlink with a mask part adds ``RECORD_GLOBAL`` and ``RECORD_CONFIG``, and
+its uplink may add ``RECORD_METRICS``.
 Evaluation uplink: ``RECORD_METRICS`` with ``<metric>.sum`` / ``<metric>.count`` only.
 
 User factors, user biases, ratings and item-id lists have no key here: there is
@@ -27,23 +32,28 @@ from __future__ import annotations
 # Message types (Flower's "<category>.<action>" form).
 MSG_TRAIN = "train"
 MSG_EVALUATE = "evaluate"
-MSG_SECAGG_SETUP = "train.secagg_setup"
-MSG_SECAGG_SHARE = "train.secagg_share"
-MSG_SECAGG_MASK = "train.secagg_mask"
-MSG_SECAGG_UNMASK = "train.secagg_unmask"
+MSG_SECAGG = "train.secagg"
+
+# Secure-aggregation stages: the parts a MSG_SECAGG message may carry, in protocol order.
+SECAGG_SETUP = "setup"
+SECAGG_SHARE = "share"
+SECAGG_MASK = "mask"
+SECAGG_UNMASK = "unmask"
+SECAGG_STAGES = (SECAGG_SETUP, SECAGG_SHARE, SECAGG_MASK, SECAGG_UNMASK)
 
 # Record names inside a message's RecordDict.
 RECORD_GLOBAL = "fedrec.global"
 RECORD_CONFIG = "fedrec.config"
 RECORD_UPDATE = "fedrec.update"
 RECORD_METRICS = "fedrec.metrics"
-RECORD_SECAGG = "fedrec.secagg"
-RECORD_SECAGG_ARRAYS = "fedrec.secagg.arrays"
+RECORD_SECAGG = "fedrec.secagg"  # prefix of the per-part records below
+SECAGG_REASON = "reason"  # the key of a part's error record
 
 # Device state (Context.state in simulation, the device store in deployment).
 STATE_LOCAL = "fedrec.local"
 STATE_PRIVACY = "fedrec.privacy"
 STATE_SECAGG = "fedrec.secagg"
+STATE_STREAM = "fedrec.stream"  # the device's training-randomness stream offset
 
 # Array names.
 ARRAY_ITEM_FACTORS = "item_factors"
@@ -62,3 +72,18 @@ MET_EPSILON = "epsilon"
 MET_BUDGET_EXHAUSTED = "budget-exhausted"
 MET_SUM_SUFFIX = ".sum"
 MET_COUNT_SUFFIX = ".count"
+
+
+def secagg_record(stage: str) -> str:
+    """ConfigRecord name of a secure-aggregation part (scalars and lists)."""
+    return f"{RECORD_SECAGG}.{stage}"
+
+
+def secagg_arrays_record(stage: str) -> str:
+    """ArrayRecord name of a secure-aggregation part (its numpy arrays, e.g. the masked vector)."""
+    return f"{RECORD_SECAGG}.{stage}.arrays"
+
+
+def secagg_error_record(stage: str) -> str:
+    """ConfigRecord name of a part the device refused: ``SECAGG_REASON`` says why."""
+    return f"{RECORD_SECAGG}.{stage}.error"

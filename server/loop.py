@@ -4,6 +4,15 @@ All math is in :mod:`fedrec.train` (``ServerState``, ``sample_cohort``); this
 module only moves messages. A device that raises, times out or sends a
 malformed reply is a dropout: the round aggregates the survivors and the
 dropouts are logged and counted in the round's metrics.
+
+With pipelined secure aggregation (``secagg.pipeline``) the cohort of round
+``r + 1`` is drawn, through the same privacy policy call, just before round
+``r`` trains, so that round ``r + 1``'s setup and share can travel with round
+``r``'s mask and unmask. If the run stops before round ``r + 1`` (the privacy
+budget), that pre-started round is abandoned; the last round pre-starts none.
+Under user-level DP the server's generator then draws round ``r + 1``'s Poisson
+cohort before round ``r``'s noise, so a pipelined run's cohorts and noise are
+other (identically distributed) draws than the reference loop's.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from fedrec.train.federated import ServerState
 
 from .privacy import ServerPrivacy, make_server_privacy
 from .records import config_record, global_record, metric_values, train_content, update_arrays
-from .secagg import secure_train_round
+from .secagg import SecureRounds
 
 log = logging.getLogger("flwr.fedrec")  # a child of Flower's logger: round lines reach `flwr log`
 
@@ -65,15 +74,21 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
     cfg = privacy.cfg
     state = _initial_state(cfg, catalogue, run_dir, resume, privacy)
     result = RunResult(state)
+    secure = SecureRounds(grid, cfg) if cfg.secagg.enabled else None
+    pipelined = secure is not None and cfg.secagg.pipeline
+    next_cohort: list[int] | None = None
     while state.round < cfg.fed.rounds:
         if not privacy.allows_next_round():
             log.warning("stopping before round %d: the privacy budget dp.epsilon would be exceeded", state.round + 1)
             break
         rnd = state.round + 1
         start = time.perf_counter()
-        cohort = privacy.cohort(nodes, size, state.rng)
-        train = secure_train_round if cfg.secagg.enabled else _train_round
-        sums, dropped, device_metrics = train(grid, cfg, state, cohort, rnd)
+        cohort = next_cohort if next_cohort is not None else privacy.cohort(nodes, size, state.rng)
+        next_cohort = privacy.cohort(nodes, size, state.rng) if pipelined and rnd < cfg.fed.rounds else None
+        if secure is not None:
+            sums, dropped, device_metrics = secure.train(state, cohort, rnd, next_cohort=next_cohort)
+        else:
+            sums, dropped, device_metrics = _train_round(grid, cfg, state, cohort, rnd)
         applied = time.perf_counter()
         sums, expected = privacy.finish_round(sums, state.rng)
         state.apply(sums, expected_clients=expected)
@@ -88,6 +103,8 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
         result.history.append(row)
         if on_round:
             on_round(row)
+    if secure is not None:
+        secure.close()
     return result
 
 

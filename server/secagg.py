@@ -1,22 +1,31 @@
 """Server side of secure aggregation on the Message API (``secagg.enabled = true``).
 
-A training round is one SecAgg+ round (:func:`fedrec.secagg.run_secagg_round`)
-driven through four ``grid.send_and_receive`` calls, one per stage, with the
-message types ``wire.MSG_SECAGG_*`` and ``group_id`` = the round number. Each
-stage's payload dicts travel as a :class:`ConfigRecord` (scalars, lists,
-bytes) under ``wire.RECORD_SECAGG`` plus an :class:`ArrayRecord` (the masked
-vector) under ``wire.RECORD_SECAGG_ARRAYS``.
+A training round is one SecAgg+ round (:mod:`fedrec.secagg.rounds`) whose
+stages travel in ``wire.MSG_SECAGG`` messages, one per device and trip, with
+``group_id`` = the round number. Each message holds one part per stage
+addressed to the device: the part's payload as a :class:`ConfigRecord`
+(scalars, lists, bytes) under ``wire.secagg_record(stage)`` plus an
+:class:`ArrayRecord` (the masked vector) under ``wire.secagg_arrays_record(stage)``.
 
-The mask-stage message also carries the global table and the round's
+With ``secagg.pipeline = true`` (default) the cohort of the next round is
+drawn before this round's mask stage and its setup and share stages ride in
+this round's mask and unmask trips (:class:`fedrec.secagg.RoundPipeline`): a
+steady-state round costs two ``grid.send_and_receive`` calls instead of four.
+A device in both cohorts gets one message with both parts; a device in one
+cohort only, a message with its part only.
+
+A message with a mask part also carries the global table and the round's
 configuration: a device trains only once its neighbours' shares have been
 routed to it, so a device that drops out earlier spends no work and no privacy
 budget. The server only ever learns the sum of the survivors' clipped,
 quantized updates.
 
-Error replies and replies missing at the stage timeout are dropouts. When the
-survivors fall below the threshold the round is aborted: it is logged, the
-sums are zero with ``n_clients = 0`` (the model does not move) and the run
-continues with the next round.
+Error replies, per-part error records and replies missing at the stage timeout
+are dropouts of the rounds whose parts they concern. When the survivors fall
+below the threshold the round is aborted: it is logged, the sums are zero with
+``n_clients = 0`` (the model does not move) and the run continues with the
+next round. A pre-started round whose setup or share aborted is simply run
+again, with its own setup and share trips, when its turn comes.
 """
 
 from __future__ import annotations
@@ -33,9 +42,10 @@ from flwr.serverapp import Grid
 from fedrec import wire
 from fedrec.runconfig import RunConfig, SecAggSpec
 from fedrec.secagg import (
+    RoundPipeline,
+    RoundPlan,
     SecAggAbort,
     quant_config_for,
-    run_secagg_round,
     unflatten_sums,
 )
 from fedrec.train.aggregate import RoundSums
@@ -46,6 +56,7 @@ from .records import config_record, global_record, metric_values, train_content
 log = logging.getLogger(__name__)
 
 Neighbours = int | Literal["all"]
+TrainResult = tuple[RoundSums, list[int], list[dict[str, float]]]
 
 
 def auto_degree(n: int) -> int:
@@ -82,31 +93,71 @@ def threshold_for(spec: SecAggSpec) -> int | float:
 
 
 def secure_train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
-                       rnd: int) -> tuple[RoundSums, list[int], list[dict[str, float]]]:
-    """One training round whose updates the server only sees summed (SecAgg+).
+                       rnd: int) -> TrainResult:
+    """One stand-alone training round (four trips) whose updates the server only sees summed (SecAgg+).
 
     Returns the survivors' sums, the cohort members left out of the sum and the
     metrics of every device that trained this round (answered the mask stage).
     """
-    n_items, dim = state.glob.n_items, state.glob.dim
-    if len(cohort) < 2:
-        log.error("round %d: secure aggregation aborted, the model is unchanged: a cohort of %d device(s) "
-                  "cannot be aggregated securely", rnd, len(cohort))
-        return zero_sums(n_items, dim), list(cohort), []
-    quant = quant_config_for(n_items=n_items, dim=dim, clip=cfg.secagg.clip, bits=cfg.secagg.bits,
-                             max_count=cfg.data.users_per_client, cohort=len(cohort))
-    exchange = GridExchange(grid, cfg, state, rnd)
-    try:
-        result = run_secagg_round(exchange, round_id=rnd, participants=cohort, threshold=threshold_for(cfg.secagg),
-                                  neighbours=neighbours_for(cfg.secagg, len(cohort)), quant=quant)
-    except SecAggAbort as exc:
-        log.error("round %d: secure aggregation aborted, the model is unchanged: %s", rnd, exc)
-        return zero_sums(n_items, dim), list(cohort), exchange.device_metrics()
-    sums = unflatten_sums(result.sums, n_items=n_items, dim=dim)
-    if result.dropped:
-        log.info("round %d: %d of %d devices left out of the secure sum", rnd, len(result.dropped), len(cohort))
-    return (RoundSums(sums[wire.ARRAY_ITEM_FACTORS], sums[wire.ARRAY_ITEM_BIAS], sums[wire.ARRAY_COUNTS],
-                      result.n_contributors), list(result.dropped), exchange.device_metrics())
+    return SecureRounds(grid, cfg).train(state, cohort, rnd)
+
+
+class SecureRounds:
+    """The secure training rounds of one run; each may pre-start the next one in its trips.
+
+    Parameters
+    ----------
+    grid
+        The Flower Grid the messages go through.
+    cfg
+        The run configuration (``secagg.*``, the round settings devices receive).
+    """
+
+    def __init__(self, grid: Grid, cfg: RunConfig) -> None:
+        self.grid, self.cfg = grid, cfg
+        self.pipeline = RoundPipeline()
+
+    def train(self, state: ServerState, cohort: list[int], rnd: int, *,
+              next_cohort: list[int] | None = None) -> TrainResult:
+        """Round ``rnd`` among ``cohort``; with ``next_cohort``, round ``rnd + 1``'s setup and share ride along.
+
+        Returns the survivors' sums, the cohort members left out of the sum and
+        the metrics of every device that trained this round.
+        """
+        n_items, dim = state.glob.n_items, state.glob.dim
+        plan = self.plan(state, cohort, rnd)
+        upcoming = None if next_cohort is None else self.plan(state, next_cohort, rnd + 1, quiet=True)
+        if plan is None:
+            log.error("round %d: secure aggregation aborted, the model is unchanged: a cohort of %d device(s) "
+                      "cannot be aggregated securely", rnd, len(cohort))
+            return zero_sums(n_items, dim), list(cohort), []
+        trip = GridTrip(self.grid, self.cfg, state, rnd)
+        try:
+            result = self.pipeline.run(trip, plan, next_plan=upcoming)
+        except SecAggAbort as exc:
+            log.error("round %d: secure aggregation aborted, the model is unchanged: %s", rnd, exc)
+            return zero_sums(n_items, dim), list(cohort), trip.device_metrics()
+        sums = unflatten_sums(result.sums, n_items=n_items, dim=dim)
+        if result.dropped:
+            log.info("round %d: %d of %d devices left out of the secure sum", rnd, len(result.dropped), len(cohort))
+        return (RoundSums(sums[wire.ARRAY_ITEM_FACTORS], sums[wire.ARRAY_ITEM_BIAS], sums[wire.ARRAY_COUNTS],
+                          result.n_contributors), list(result.dropped), trip.device_metrics())
+
+    def plan(self, state: ServerState, cohort: list[int], rnd: int, *, quiet: bool = False) -> RoundPlan | None:
+        """Round ``rnd``'s settings for ``cohort``, or ``None`` when fewer than two devices cannot be aggregated."""
+        if len(cohort) < 2:
+            if quiet:
+                log.info("round %d: a cohort of %d device(s) is not pre-started", rnd, len(cohort))
+            return None
+        spec = self.cfg.secagg
+        quant = quant_config_for(n_items=state.glob.n_items, dim=state.glob.dim, clip=spec.clip, bits=spec.bits,
+                                 max_count=self.cfg.data.users_per_client, cohort=len(cohort))
+        return RoundPlan(number=rnd, participants=tuple(cohort), threshold=threshold_for(spec),
+                         neighbours=neighbours_for(spec, len(cohort)), quant=quant)
+
+    def close(self) -> None:
+        """The run is over: forget a pre-started round (devices drop its state with their next round)."""
+        self.pipeline.abandon()
 
 
 def zero_sums(n_items: int, dim: int) -> RoundSums:
@@ -114,44 +165,68 @@ def zero_sums(n_items: int, dim: int) -> RoundSums:
     return RoundSums(np.zeros((n_items, dim)), np.zeros(n_items), np.zeros(n_items), 0)
 
 
-class GridExchange:
-    """``exchange(stage, {node: payload}) -> {node: reply or None}`` over a Flower Grid.
+class GridTrip:
+    """``trip({stage: {node: payload}}) -> {stage: {node: reply or None}}`` over a Flower Grid.
 
-    One ``send_and_receive`` per stage; ``None`` marks an error reply, a node
-    without a reply before ``secagg.timeout`` is simply absent (the message's
-    TTL is the same timeout, so a stage the server gave up on expires instead
-    of running late on the device). The mask stage
-    adds the global table and round configuration to every message and keeps
-    the devices' plain metrics.
+    One ``send_and_receive`` per trip, one message per node holding every part
+    addressed to it. ``None`` marks a part the node refused (its error record)
+    or a whole error reply; a node without a reply before ``secagg.timeout``
+    is simply absent (the message's TTL is the same timeout, so a trip the
+    server gave up on expires instead of running late on the device). A
+    message with a mask part adds the global table and round configuration,
+    and the reply's plain metrics are kept.
     """
 
     def __init__(self, grid: Grid, cfg: RunConfig, state: ServerState, rnd: int) -> None:
         self.grid, self.cfg, self.state, self.rnd = grid, cfg, state, rnd
         self.metrics: dict[int, dict[str, float]] = {}
 
-    def __call__(self, stage: str, payloads: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any] | None]:
-        records: dict[int, RecordDict] = {}
-        shared = self._training_records() if stage == wire.MSG_SECAGG_MASK else {}
-        messages = []
-        for node, payload in payloads.items():
-            if id(payload) not in records:
-                records[id(payload)] = RecordDict({**shared, **payload_records(payload)})
-            messages.append(Message(records[id(payload)], dst_node_id=node, message_type=stage,
-                                    group_id=str(self.rnd), ttl=self.cfg.secagg.timeout))
+    def __call__(self, parts: Mapping[str, dict[int, dict[str, Any]]]) -> dict[str, dict[int, dict[str, Any] | None]]:
+        addressed: dict[int, list[str]] = {}
+        for stage, payloads in parts.items():
+            for node in payloads:
+                addressed.setdefault(node, []).append(stage)
+        messages = self._messages(parts, addressed)
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.secagg.timeout)
-        out: dict[int, dict[str, Any] | None] = {}
+        out: dict[str, dict[int, dict[str, Any] | None]] = {stage: {} for stage in parts}
         for reply in replies:
             node = reply.metadata.src_node_id
-            if node not in payloads:
-                continue
-            if reply.has_error():
-                log.warning("round %d %s: error reply from node %d: %s", self.rnd, stage, node, reply.error.reason)
-                out[node] = None
-                continue
-            out[node] = reply_payload(reply)
-            if stage == wire.MSG_SECAGG_MASK:
+            records = {} if reply.has_error() else dict(reply.content.items())
+            for stage in addressed.get(node, []):
+                out[stage][node] = self._part(reply, records, stage)
+            if wire.SECAGG_MASK in addressed.get(node, []) and out[wire.SECAGG_MASK][node] is not None:
                 self.metrics[node] = metric_values(reply)
         return out
+
+    def _messages(self, parts: Mapping[str, dict[int, dict[str, Any]]],
+                  addressed: Mapping[int, list[str]]) -> list[Message]:
+        training = self._training_records() if wire.SECAGG_MASK in parts else {}
+        records: dict[int, dict[str, ConfigRecord | ArrayRecord]] = {}
+        messages = []
+        for node, stages in addressed.items():
+            content: dict[str, Any] = {}
+            for stage in stages:
+                payload = parts[stage][node]
+                if id(payload) not in records:
+                    records[id(payload)] = part_records(stage, payload)
+                content.update(records[id(payload)])
+                if stage == wire.SECAGG_MASK:
+                    content.update(training)
+            messages.append(Message(RecordDict(content), dst_node_id=node, message_type=wire.MSG_SECAGG,
+                                    group_id=str(self.rnd), ttl=self.cfg.secagg.timeout))
+        return messages
+
+    def _part(self, reply: Message, records: Mapping[str, Any], stage: str) -> dict[str, Any] | None:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("round %d %s: error reply from node %d: %s", self.rnd, stage, node, reply.error.reason)
+            return None
+        error = records.get(wire.secagg_error_record(stage))
+        if isinstance(error, ConfigRecord):
+            log.warning("round %d %s: node %d refused its part: %s", self.rnd, stage, node,
+                        error.get(wire.SECAGG_REASON, "no reason given"))
+            return None
+        return part_payload(records, stage)
 
     def _training_records(self) -> dict[str, Any]:
         glob = self.state.glob
@@ -164,21 +239,22 @@ class GridExchange:
         return [self.metrics[node] for node in sorted(self.metrics)]
 
 
-def payload_records(payload: Mapping[str, Any]) -> dict[str, ConfigRecord | ArrayRecord]:
-    """A stage payload as records: arrays in an ArrayRecord, everything else in a ConfigRecord."""
+def part_records(stage: str, payload: Mapping[str, Any]) -> dict[str, ConfigRecord | ArrayRecord]:
+    """One part's payload as records: arrays in an ArrayRecord, everything else in a ConfigRecord."""
     arrays = {k: v for k, v in payload.items() if isinstance(v, np.ndarray)}
     out: dict[str, ConfigRecord | ArrayRecord] = {
-        wire.RECORD_SECAGG: ConfigRecord({k: v for k, v in payload.items() if k not in arrays})}
+        wire.secagg_record(stage): ConfigRecord({k: v for k, v in payload.items() if k not in arrays})}
     if arrays:
-        out[wire.RECORD_SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        out[wire.secagg_arrays_record(stage)] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     return out
 
 
-def reply_payload(reply: Message) -> dict[str, Any]:
-    """A device's stage payload; a reply without one yields ``{}``, which the round rejects and logs."""
-    config = reply.content.config_records.get(wire.RECORD_SECAGG)
-    arrays = reply.content.array_records.get(wire.RECORD_SECAGG_ARRAYS)
-    out: dict[str, Any] = dict(config.items()) if config is not None else {}
-    if arrays is not None:
+def part_payload(records: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """A device's answer to one part, from its reply's records; without it ``{}``, which the round rejects and logs."""
+    config = records.get(wire.secagg_record(stage))
+    arrays = records.get(wire.secagg_arrays_record(stage))
+    out: dict[str, Any] = dict(config.items()) if isinstance(config, ConfigRecord) else {}
+    if isinstance(arrays, ArrayRecord):
         out.update({k: v.numpy() for k, v in arrays.items()})
     return out

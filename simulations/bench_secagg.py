@@ -2,9 +2,16 @@
 
 For each item table (``n_items x 32``) and cohort size, one Flower simulation
 (Ray workers, one virtual device per synthetic user) runs fedrec's round loop
-functions directly: plain rounds (``_train_round``), secure rounds with the
+functions directly: plain rounds (``_train_round``), pipelined secure rounds
+(``SecureRounds`` with the next round's cohort, two trips a round) with the
 SecAgg+ graph (``secagg.neighbours = auto``) and with the complete graph
-(``all``). A second simulation runs Flower 1.42's legacy SecAgg+
+(``all``), and four-trip secure rounds (``secagg.pipeline = false``) with the
+SecAgg+ graph. Every measured pipelined round pre-starts the next one, as in a
+run's steady state. The machine may be shared, so the plain rounds are
+interleaved with the secure ones (a plain round with the same cohort right
+before every secure round) and the plain row is the median of all of them:
+a background load then weighs on both alike. A second simulation runs
+Flower 1.42's legacy SecAgg+
 (``SecAggPlusWorkflow`` in a ``DefaultWorkflow`` with ``LegacyContext`` and
 ``FedAvg``; ``secaggplus_mod`` on a ``NumPyClient``) with the same devices,
 the same local training, the same vector length (``n_items * 34``, plus
@@ -16,18 +23,23 @@ when it applies (Flower 1.42.x), so neither pays Flower's O(nodes x messages)
 polling. The Flower app is built as a Flower app module would build it
 (module-level ``client_fn``), fedrec's as ``client.app`` builds it.
 
-Columns: ``round_s`` median wall seconds per round after a warm-up round;
+Columns: ``trips`` message round trips (``send_and_receive`` calls) per
+round; ``round_s`` median wall seconds per round after a warm-up round;
 ``server_s`` the part of it outside ``send_and_receive`` (sampling, routing,
-unmasking, averaging); ``client_cpu_ms`` mean thread CPU per device per round
-inside the ClientApp (all stages, local training included); ``up_kb`` /
-``down_kb`` mean serialized record bytes per device per round (Flower's
-protobuf encoding); ``x_plain`` round time over the plain round's.
+unmasking, averaging); ``client_cpu_ms`` thread CPU inside the ClientApp per
+cohort member and round (all stages, local training included: every device's
+CPU in the round's window over the cohort size, so a pipelined round also
+pays the next round's setup and share); ``up_kb`` / ``down_kb`` serialized
+record bytes per cohort member and round (Flower's protobuf encoding),
+counted the same way; ``x_plain`` round time over the plain row's. Flower's
+simulation polls for messages every 0.1 s, so round times come in steps of
+about 0.1 s.
 
 Usage (from the project folder)::
 
     python -m simulations.bench_secagg                 # cohorts 10, 50, 100, 200; 1682 and 3706 items
     python -m simulations.bench_secagg --quick         # cohorts 10, 50; 1682 items; 1 measured round
-    python -m simulations.bench_secagg --modes plain,auto --cohorts 100 --items 1682
+    python -m simulations.bench_secagg --modes plain,auto,auto4 --cohorts 100 --items 1682
 """
 
 from __future__ import annotations
@@ -40,9 +52,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +75,11 @@ from fedrec.train.federated import ServerState, sample_cohort
 
 DIM = 32
 MEAN_INTERACTIONS = 100
-MODES = ("plain", "auto", "all", "flower")
-MODE_NAMES = {"plain": "plain", "auto": "fedrec secagg+ (auto k)", "all": "fedrec secagg (complete)",
-              "flower": "flower SecAgg+ (k' <= k)"}
+MODES = ("plain", "auto", "auto4", "all", "flower")
+MODE_NAMES = {"plain": "plain", "auto": "fedrec SecAgg+ pipelined (auto k)", "auto4": "fedrec SecAgg+ 4-trip (auto k)",
+              "all": "fedrec complete graph (pipelined)", "flower": "Flower SecAgg+ (k' <= k)"}
+NEIGHBOURS = {"plain": "auto", "auto": "auto", "auto4": "auto", "all": "all"}
+PIPELINED = ("auto", "all")
 BACKEND: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 
@@ -84,6 +98,7 @@ class Window:
     end: float = 0.0
     completed: bool = False
     waiting: float = 0.0
+    trips: int = 0
     sent: list[Message] = field(default_factory=list)
     replies: list[Message] = field(default_factory=list)
 
@@ -114,6 +129,7 @@ class MeteredGrid:
         if self.windows and not self.windows[-1].end:
             window = self.windows[-1]
             window.waiting += time.time() - start
+            window.trips += 1
             window.sent.extend(messages)
             window.replies.extend(replies)
         return replies
@@ -127,20 +143,14 @@ def content_bytes(content: RecordDict, cache: dict[int, int]) -> int:
     return cache[key]
 
 
-def traffic_kb(window: Window) -> tuple[float, float]:
-    """Mean kB up and down per device of one round."""
+def traffic_kb(window: Window, n: int) -> tuple[float, float]:
+    """kB up and down of one round per cohort member (all the round's messages over ``n``)."""
     cache: dict[int, int] = {}
-    up: dict[int, int] = defaultdict(int)
-    down: dict[int, int] = defaultdict(int)
-    for msg in window.sent:
-        down[msg.metadata.dst_node_id] += content_bytes(msg.content, cache)
-    for msg in window.replies:
-        if not msg.has_error():
-            up[msg.metadata.src_node_id] += content_bytes(msg.content, cache)
+    down = sum(content_bytes(msg.content, cache) for msg in window.sent)
+    up = sum(content_bytes(msg.content, cache) for msg in window.replies if not msg.has_error())
     window.sent.clear()
     window.replies.clear()
-    return (statistics.fmean(up.values()) / 1024 if up else 0.0,
-            statistics.fmean(down.values()) / 1024 if down else 0.0)
+    return up / 1024 / n, down / 1024 / n
 
 
 class TimedClientApp(ClientApp):
@@ -170,15 +180,15 @@ class TimedClientApp(ClientApp):
                 out.write(line)
 
 
-def client_cpu_ms(log_dir: str, window: Window) -> float:
-    """Mean CPU milliseconds per device that handled a message during ``window``."""
-    per_node: dict[int, float] = defaultdict(float)
+def client_cpu_ms(log_dir: str, window: Window, n: int) -> float:
+    """ClientApp CPU milliseconds of every device during ``window``, per cohort member."""
+    total, seen = 0.0, False
     for path in Path(log_dir).glob("cpu-*.tsv"):
         for line in path.read_text().splitlines():
-            stamp, node, seconds = line.split("\t")
+            stamp, _, seconds = line.split("\t")
             if window.start <= float(stamp) <= window.end:
-                per_node[int(node)] += float(seconds)
-    return 1000 * statistics.fmean(per_node.values()) if per_node else float("nan")
+                total, seen = total + float(seconds), True
+    return 1000 * total / n if seen else float("nan")
 
 
 @dataclass
@@ -190,6 +200,7 @@ class Row:
     mode: str
     k: int
     t: int
+    trips: float
     round_s: float
     server_s: float
     client_cpu_ms: float
@@ -198,27 +209,28 @@ class Row:
 
 
 def summarize(items: int, n: int, mode: str, k: int, t: int, windows: list[Window], log_dir: str) -> Row:
-    """Median over the measured (non warm-up) rounds of one configuration; NaN when none completed."""
-    measured = [w for w in windows if w.label[1] > 0 and w.completed]
+    """Median over the measured (non warm-up) rounds of ``mode`` in ``windows``; NaN when none completed."""
+    measured = [w for w in windows if w.label[0] == mode and w.label[1] > 0 and w.completed]
     if not measured:
         nan = float("nan")
-        return Row(items, n, mode, k, t, nan, nan, nan, nan, nan)
-    kb = [traffic_kb(w) for w in measured]
-    return Row(items, n, mode, k, t,
+        return Row(items, n, mode, k, t, nan, nan, nan, nan, nan, nan)
+    kb = [traffic_kb(w, n) for w in measured]
+    return Row(items, n, mode, k, t, trips=statistics.median(w.trips for w in measured),
                round_s=statistics.median(w.end - w.start for w in measured),
                server_s=statistics.median(w.end - w.start - w.waiting for w in measured),
-               client_cpu_ms=statistics.median(client_cpu_ms(log_dir, w) for w in measured),
+               client_cpu_ms=statistics.median(client_cpu_ms(log_dir, w, n) for w in measured),
                up_kb=statistics.median(u for u, _ in kb), down_kb=statistics.median(d for _, d in kb))
 
 
 # -- settings shared by both simulations ---------------------------------------------------
 
 
-def run_config(items: int, users: int, neighbours: str = "auto") -> RunConfig:
+def run_config(items: int, users: int, neighbours: str = "auto", *, pipeline: bool = True) -> RunConfig:
     """Synthetic data with ``items`` items and one device per user; secure aggregation on or off per call."""
     return RunConfig.from_flat({"synthetic.n-users": users, "synthetic.n-items": items,
                                 "synthetic.mean-interactions": MEAN_INTERACTIONS, "model.dim": DIM,
-                                "secagg.enabled": True, "secagg.neighbours": neighbours})
+                                "secagg.enabled": True, "secagg.neighbours": neighbours,
+                                "secagg.pipeline": pipeline})
 
 
 def graph_of(cfg: RunConfig, n: int) -> tuple[int, int]:
@@ -246,11 +258,11 @@ def simulate(server_main: Callable[[Grid, Context], None], client: ClientApp, n_
 def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], rounds: int) -> list[Row]:
     """fedrec's plain and secure rounds at every cohort size, in one simulation."""
     from fedrec.client.app import make_client_app
-    from fedrec.server.loop import _train_round, wait_for_nodes
-    from fedrec.server.secagg import secure_train_round
+    from fedrec.server.loop import wait_for_nodes
 
     users = max(cohorts)
-    configs = {mode: run_config(items, users, "auto" if mode == "plain" else mode) for mode in modes}
+    configs = {mode: run_config(items, users, NEIGHBOURS[mode], pipeline=mode in PIPELINED) for mode in modes}
+    secure_modes = [m for m in modes if m != "plain"] or ["plain"]
     log_dir = tempfile.mkdtemp(prefix="bench-secagg-")
     rows: list[Row] = []
 
@@ -259,26 +271,62 @@ def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], round
         nodes = wait_for_nodes(grid, users, timeout=300)
         cfg0 = next(iter(configs.values()))
         state = ServerState.start(items, cfg0.model, cfg0.fed, global_mean=3.0)
-        rnd = 0
+        rnd, plain_windows = 0, []
         for n in cohorts:
-            for mode, cfg in configs.items():
-                train = _train_round if mode == "plain" else secure_train_round
-                for r in range(rounds + 1):
-                    rnd += 1
-                    cohort = sample_cohort(nodes, n, state.rng)
-                    metered.open((mode, r))
-                    sums, dropped, _ = train(metered, cfg, state, cohort, rnd)
-                    state.apply(sums)
-                    metered.close(completed=sums.n_clients > 0)
-                    if dropped:
-                        log.warning("%s n=%d: %d dropouts", mode, n, len(dropped))
-                k, t = (0, 0) if mode == "plain" else graph_of(cfg, n)
-                rows.append(summarize(items, n, mode, k, t, metered.windows, log_dir))
+            for mode in secure_modes:
+                paired = "plain" in configs and mode != "plain"
+                rnd = measure_rounds(metered, configs[mode], state, nodes, n, mode, rounds, rnd, paired=paired)
+                plain_windows += [w for w in metered.windows if w.label[0] == "plain"]
+                if mode != "plain":
+                    k, t = graph_of(configs[mode], n)
+                    rows.append(summarize(items, n, mode, k, t, metered.windows, log_dir))
+                    print(format_row(rows[-1], None), flush=True)
                 metered.windows.clear()
+            if "plain" in configs:
+                rows.append(summarize(items, n, "plain", 0, 0, plain_windows, log_dir))
+                plain_windows.clear()
                 print(format_row(rows[-1], None), flush=True)
 
     simulate(main, TimedClientApp.wrap(make_client_app(), log_dir), users)
     return rows
+
+
+def measure_rounds(metered: MeteredGrid, cfg: RunConfig, state: ServerState, nodes: list[int], n: int, mode: str,
+                   rounds: int, rnd: int, *, paired: bool = False) -> int:
+    """A warm-up round and ``rounds`` measured ones of ``mode``; returns the last round number used.
+
+    With ``paired`` a plain round (window label ``plain``) runs just before
+    each of them, with the same cohort. Pipelined modes pre-start the round
+    after every round, the measured ones included, so each measured round is
+    a steady-state round (the last pre-started round is abandoned); a plain
+    round in between does not touch the devices' secure-aggregation state.
+    """
+    from fedrec.server.loop import _train_round
+    from fedrec.server.secagg import SecureRounds
+
+    plain_cfg = RunConfig.from_flat({**cfg.flat, "secagg.enabled": False})
+    secure = None if mode == "plain" else SecureRounds(metered, cfg)
+    cohorts = [sample_cohort(nodes, n, state.rng) for _ in range(rounds + 2)]
+    for r in range(rounds + 1):
+        rnd += 1
+        cohort, upcoming = cohorts[r], cohorts[r + 1] if mode in PIPELINED else None
+        if paired or secure is None:
+            timed_round(metered, ("plain", r), partial(_train_round, metered, plain_cfg, state, cohort, rnd), state)
+        if secure is not None:
+            timed_round(metered, (mode, r), partial(secure.train, state, cohort, rnd, next_cohort=upcoming), state)
+    if secure is not None:
+        secure.close()
+    return rnd
+
+
+def timed_round(metered: MeteredGrid, label: tuple[str, int], train: Callable[[], Any], state: ServerState) -> None:
+    """One round in its own measurement window; the table moves by its sums."""
+    metered.open(label)
+    sums, dropped, _ = train()
+    state.apply(sums)
+    metered.close(completed=sums.n_clients > 0)
+    if dropped:
+        log.warning("%s round %d: %d dropouts", label[0], label[1], len(dropped))
 
 
 # -- Flower's SecAgg+ -----------------------------------------------------------------------
@@ -386,7 +434,7 @@ class FlowerRounds(MeteredGrid):
 # -- table ---------------------------------------------------------------------------------------
 
 
-COLUMNS = (("items", 6), ("n", 4), ("mode", 26), ("k", 4), ("t", 4), ("round_s", 8), ("x_plain", 8),
+COLUMNS = (("items", 6), ("n", 4), ("mode", 34), ("k", 4), ("t", 4), ("trips", 5), ("round_s", 8), ("x_plain", 8),
            ("server_s", 9), ("client_cpu_ms", 14), ("up_kb", 9), ("down_kb", 9))
 
 
@@ -399,7 +447,7 @@ def format_row(row: Row, plain: Row | None) -> str:
     cells = []
     for name, width in COLUMNS:
         value = values[name]
-        text = f"{value:.2f}" if isinstance(value, float) else str(value)
+        text = f"{value:.0f}" if name == "trips" else f"{value:.2f}" if isinstance(value, float) else str(value)
         cells.append(text.rjust(width) if name != "mode" else text.ljust(width))
     return " ".join(cells)
 
@@ -437,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     print(f"table n_items x {DIM}, synthetic users with ~{MEAN_INTERACTIONS} ratings, {rounds} measured round(s)"
-          " per row after one warm-up; 2 Ray workers")
+          f" per row after one warm-up; 2 Ray workers; load average {load()}")
     print(header())
     rows: list[Row] = []
     for n_items in items:
@@ -447,7 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "flower" in modes:
             rows += bench_flower(n_items, cohorts, rounds)
     print_table(rows)
+    print(f"load average at the end {load()}")
     return 0
+
+
+def load() -> str:
+    """The machine's 1, 5 and 15 minute load averages (the benchmark shares the machine)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

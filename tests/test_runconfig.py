@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from fedrec.errors import ConfigError
 from fedrec.runconfig import DEFAULTS, RunConfig, load_toml, parse_overrides, parse_value
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_build() -> None:
     cfg = RunConfig.from_flat({})
     assert cfg.data.dataset == "synthetic" and cfg.model.kind == "explicit" and not cfg.secagg.enabled
+    assert cfg.secagg.pipeline and not RunConfig.from_flat({"secagg.pipeline": False}).secagg.pipeline
 
 
 def test_protocol_preset_applies_and_override_wins() -> None:
@@ -32,6 +33,8 @@ def test_protocol_preset_applies_and_override_wins() -> None:
     ("dp.unit", "item", "dp.unit"),
     ("secagg.bits", 16, "secagg.bits"),
     ("secagg.neighbours", "some", "secagg.neighbours"),
+    ("secagg.pipeline", 1, "secagg.pipeline"),
+    ("secagg.pipeline", "yes", "secagg.pipeline"),
     ("model.dim", "big", "model.dim"),
     ("cohort", -1, "cohort"),
     ("local.fold-in", 3, "local.fold-in"),

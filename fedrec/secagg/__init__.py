@@ -21,10 +21,15 @@ left with fewer than ``t`` clients raises :class:`~fedrec.errors.SecAggAbort`.
 :func:`run_round` drives a whole round in one process (tests, benchmarks).
 
 Over a transport, :func:`run_secagg_round` drives the server through an
-``exchange(stage, payloads)`` callable and :func:`handle_secagg` answers one
-stage on a device from its state mapping alone (:meth:`SecAggClient.to_state`,
-:func:`clear_state`); :func:`quant_config_for`, :func:`flatten_update` and
-:func:`unflatten_sums` fit fedrec's update arrays to the masked vector.
+``exchange(stage, payloads)`` callable, a message round trip per stage, and
+:class:`RoundPipeline` runs consecutive rounds in two trips each by sending
+the next round's setup and share with the current round's mask and unmask
+(:mod:`fedrec.secagg.rounds`). On a device :func:`handle_secagg` answers one
+stage and :func:`handle_secagg_parts` every part of one message, from the
+device's state mapping alone (:meth:`SecAggClient.to_state`,
+:func:`clear_state`; up to two live rounds, each in its own namespace);
+:func:`quant_config_for`, :func:`flatten_update` and :func:`unflatten_sums`
+fit fedrec's update arrays to the masked vector.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from __future__ import annotations
 from fedrec.secagg.client import SecAggClient
 from fedrec.secagg.driver import (
     WIRE_STAGES,
+    PartReplies,
     check_payload,
     flatten_update,
     handle_secagg,
+    handle_secagg_parts,
     quant_config_for,
     resolve_threshold,
-    run_secagg_round,
     unflatten_sums,
 )
 from fedrec.secagg.errors import (
@@ -62,6 +68,16 @@ from fedrec.secagg.messages import (
     payload_size,
 )
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
+from fedrec.secagg.rounds import (
+    Exchange,
+    RoundDriver,
+    RoundPipeline,
+    RoundPlan,
+    Trip,
+    protocol_round_id,
+    run_secagg_round,
+    run_trip,
+)
 from fedrec.secagg.server import AggregateResult, SecAggServer
 from fedrec.secagg.simulate import RoundTrace, build_cohort, run_round
 from fedrec.secagg.state import SecAggStateError, clear_state
@@ -69,10 +85,15 @@ from fedrec.secagg.state import SecAggStateError, clear_state
 __all__ = [
     "AdvertiseKeys",
     "AggregateResult",
+    "Exchange",
     "MaskedInput",
     "Message",
+    "PartReplies",
     "PeerKeys",
     "QuantConfig",
+    "RoundDriver",
+    "RoundPipeline",
+    "RoundPlan",
     "RoundTrace",
     "RoutedShares",
     "SecAggAbort",
@@ -87,6 +108,7 @@ __all__ = [
     "SegmentSpec",
     "Setup",
     "ShareKeys",
+    "Trip",
     "UnmaskRequest",
     "UnmaskResponse",
     "WIRE_STAGES",
@@ -96,11 +118,14 @@ __all__ = [
     "clear_state",
     "flatten_update",
     "handle_secagg",
+    "handle_secagg_parts",
     "neighbours_of",
     "payload_size",
+    "protocol_round_id",
     "quant_config_for",
     "resolve_threshold",
     "run_round",
     "run_secagg_round",
+    "run_trip",
     "unflatten_sums",
 ]

@@ -1,27 +1,34 @@
-"""Secure aggregation over any message transport.
+"""Secure aggregation over any message transport: the device side, payloads, update layout.
 
-Server side, :func:`run_secagg_round` drives a :class:`SecAggServer` through
-the four wire stages with an ``exchange(stage, payloads) -> replies``
-callable: one payload dict per node goes out, the replies that arrived come
-back (a missing node or a ``None`` reply counts as dropped). Client side,
-:func:`handle_secagg` answers one stage from the device's state mapping alone,
-so every stage may run in a different process.
+:func:`handle_secagg` answers one stage of one round on a device from its
+state mapping alone, so every stage may run in a different process;
+:func:`handle_secagg_parts` answers every part of one message (with pipelined
+rounds, one stage of each of two consecutive rounds), each part on its own. The
+server side lives in :mod:`fedrec.secagg.rounds`.
 
 Stages and payloads (the messages' ``to_dict`` forms)::
 
     stage               server -> device            device -> server
-    MSG_SECAGG_SETUP    Setup                       AdvertiseKeys
-    MSG_SECAGG_SHARE    PeerKeys                    ShareKeys
-    MSG_SECAGG_MASK     RoutedShares                MaskedInput
-    MSG_SECAGG_UNMASK   UnmaskRequest               UnmaskResponse
+    SECAGG_SETUP        Setup                       AdvertiseKeys
+    SECAGG_SHARE        PeerKeys                    ShareKeys
+    SECAGG_MASK         RoutedShares                MaskedInput
+    SECAGG_UNMASK       UnmaskRequest               UnmaskResponse
 
 Every payload value is an ``int``, ``float``, ``str``, ``bytes``, ``bool``, a
 list of one of those, or a numpy array (:func:`check_payload`).
 
 Round ids must increase from one round to the next on a device (the server
-round number, or an attempt counter within it): a device refuses any message
-of a round older than, or equal to, one it already finished or abandoned, and
-a message of a newer round discards an unfinished older one.
+derives them from its round number, :func:`fedrec.secagg.protocol_round_id`).
+A device holds at most two live rounds (:mod:`fedrec.secagg.state`), each with
+its own state and its own refusals:
+
+* a setup of a round not newer than the latest one begun here is refused; a
+  setup keeps only the newest live round besides the one it starts;
+* any other message of a live round ``R``, once its stage is accepted,
+  discards the live rounds older than ``R`` (with pipelining their last
+  message came before it); a message of a round that is not live is refused:
+  "that round is over" for an old or abandoned round, "no setup received"
+  (discarding every live round) for a newer one.
 
 fedrec's update layout (:func:`quant_config_for`) is three segments in wire
 order: ``item_factors`` (``n_items * dim``, clipped to ``[-clip, clip]``),
@@ -36,7 +43,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -50,51 +58,50 @@ from fedrec.secagg.errors import (
 )
 from fedrec.secagg.messages import Message, RoutedShares, coerce
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
-from fedrec.secagg.server import AggregateResult, SecAggServer
 from fedrec.secagg.state import (
     K_LAST_ROUND,
-    PREFIX,
     DeviceState,
     SecAggStateError,
     clear_state,
+    drop_round,
     last_round,
-    stored_round,
+    live_rounds,
+    load_round,
+    store_round,
 )
 from fedrec.wire import (
     ARRAY_COUNTS,
     ARRAY_ITEM_BIAS,
     ARRAY_ITEM_FACTORS,
-    MSG_SECAGG_MASK,
-    MSG_SECAGG_SETUP,
-    MSG_SECAGG_SHARE,
-    MSG_SECAGG_UNMASK,
+    SECAGG_MASK,
+    SECAGG_SETUP,
+    SECAGG_SHARE,
+    SECAGG_STAGES,
+    SECAGG_UNMASK,
     UPDATE_SEGMENTS,
 )
 
 __all__ = [
     "WIRE_STAGES",
-    "Exchange",
+    "PartReplies",
     "check_payload",
     "flatten_update",
     "handle_secagg",
+    "handle_secagg_parts",
     "quant_config_for",
     "resolve_threshold",
-    "run_secagg_round",
     "unflatten_sums",
 ]
 
 logger = logging.getLogger("fedrec.secagg.driver")
 
-WIRE_STAGES = (MSG_SECAGG_SETUP, MSG_SECAGG_SHARE, MSG_SECAGG_MASK, MSG_SECAGG_UNMASK)
-"""The wire message types of a round, in order."""
-
-Exchange = Callable[[str, dict[int, dict[str, Any]]], Mapping[int, Mapping[str, Any] | None]]
-"""``exchange(stage, {node: payload}) -> {node: reply or None}`` for the nodes that answered."""
+WIRE_STAGES = SECAGG_STAGES
+"""The wire stages of a round, in order."""
 
 _EXPECTED_CLIENT_STAGE = {
-    MSG_SECAGG_SHARE: "advertised",
-    MSG_SECAGG_MASK: "shared",
-    MSG_SECAGG_UNMASK: "masked",
+    SECAGG_SHARE: "advertised",
+    SECAGG_MASK: "shared",
+    SECAGG_UNMASK: "masked",
 }
 _MAX_U64 = (1 << 64) - 1
 _SCALARS = (bool, int, float, str, bytes)
@@ -170,123 +177,6 @@ def resolve_threshold(
     return t
 
 
-def _exchange(
-    exchange: Exchange,
-    server: SecAggServer,
-    stage: str,
-    outgoing: Mapping[int, Message],
-) -> dict[int, Mapping[str, Any]]:
-    forms: dict[int, dict[str, Any]] = {}
-    payloads = {}
-    for node, message in outgoing.items():
-        if id(message) not in forms:
-            forms[id(message)] = message.to_dict()
-        payloads[node] = forms[id(message)]
-    raw = exchange(stage, payloads)
-    if not isinstance(raw, Mapping):
-        raise SecAggMessageError(f"exchange for {stage} returned {type(raw).__name__}, not a mapping")
-    replies = {node: reply for node, reply in raw.items() if reply is not None}
-    errors = sorted(node for node, reply in raw.items() if reply is None)
-    silent = len(set(payloads) - set(raw))
-    logger.info(
-        "round %d %s: %d sent, %d replied, %d error replies %s, %d silent",
-        server.setup.round_id,
-        stage,
-        len(payloads),
-        len(replies),
-        len(errors),
-        errors,
-        silent,
-    )
-    return replies
-
-
-def _collect(server: SecAggServer, stage: str, collect: Callable[[], Any]) -> Any:
-    before = set(server.rejected)
-    try:
-        out = collect()
-    except SecAggError:
-        logger.error("round %d aborted at %s", server.setup.round_id, stage)
-        raise
-    finally:
-        rejected = sorted(set(server.rejected) - before)
-        if rejected:
-            logger.info("round %d %s: rejected replies from nodes %s", server.setup.round_id, stage, rejected)
-    survivors = out.n_contributors if isinstance(out, AggregateResult) else len(out)
-    logger.info("round %d %s: %d survivors", server.setup.round_id, stage, survivors)
-    return out
-
-
-def run_secagg_round(
-    exchange: Exchange,
-    *,
-    round_id: int,
-    participants: Sequence[int],
-    threshold: int | float,
-    neighbours: int | Literal["all"],
-    quant: QuantConfig,
-    graph_seed: bytes | None = None,
-    strict: bool = False,
-    allow_minority_threshold: bool = False,
-) -> AggregateResult:
-    """Run one secure-aggregation round among ``participants`` through ``exchange``.
-
-    Parameters
-    ----------
-    exchange:
-        ``exchange(stage, {node: payload})`` sends each node its payload for
-        ``stage`` (one of :data:`WIRE_STAGES`) and returns ``{node: reply}``
-        for the replies that arrived; absent nodes and ``None`` replies
-        (error replies) are dropouts.
-    threshold:
-        An int ``t``, or a fraction in ``(0, 1]`` (:func:`resolve_threshold`).
-    neighbours, quant, graph_seed, strict, allow_minority_threshold:
-        As for :class:`SecAggServer`.
-
-    Raises
-    ------
-    SecAggAbort
-        Fewer than ``t`` clients (or holders of a needed secret) remain.
-    SecAggConfigError
-        The settings cannot work.
-    """
-    t = resolve_threshold(
-        threshold,
-        n_participants=len(participants),
-        neighbours=neighbours,
-        allow_minority_threshold=allow_minority_threshold,
-    )
-    server = SecAggServer(
-        round_id=round_id,
-        participants=participants,
-        threshold=t,
-        neighbours=neighbours,
-        quant=quant,
-        graph_seed=graph_seed,
-        strict=strict,
-        allow_minority_threshold=allow_minority_threshold,
-    )
-    setup = server.setup
-    logger.info(
-        "round %d: secure aggregation of %d elements among %d participants, k=%d, t=%d, %d-bit ring",
-        round_id,
-        setup.quant.total_length,
-        len(setup.participants),
-        setup.k,
-        t,
-        setup.quant.bits,
-    )
-    adv = _exchange(exchange, server, MSG_SECAGG_SETUP, server.setup_messages())
-    keys = _collect(server, MSG_SECAGG_SETUP, lambda: server.collect_keys(adv))
-    shr = _exchange(exchange, server, MSG_SECAGG_SHARE, keys)
-    routed = _collect(server, MSG_SECAGG_SHARE, lambda: server.collect_shares(shr))
-    masked = _exchange(exchange, server, MSG_SECAGG_MASK, routed)
-    requests = _collect(server, MSG_SECAGG_MASK, lambda: server.collect_masked(masked))
-    answers = _exchange(exchange, server, MSG_SECAGG_UNMASK, requests)
-    result: AggregateResult = _collect(server, MSG_SECAGG_UNMASK, lambda: server.collect_unmask(answers))
-    return result
-
-
 # -- client ------------------------------------------------------------------
 
 
@@ -299,56 +189,62 @@ def _payload_round(stage: str, payload: Mapping[str, Any]) -> int:
     return int(value)
 
 
-def _admit(state: DeviceState, stage: str, round_id: int, node_id: int) -> None:
-    """Refuse stale or finished rounds; let a newer round discard an unfinished one."""
+def _admit(state: DeviceState, stage: str, round_id: int, node_id: int) -> list[int]:
+    """Refuse stale or finished rounds; return the live rounds to drop once the message is accepted.
+
+    A setup drops at once every live round but the newest (the one a pipelined
+    round runs alongside). A message of a round newer than any begun here
+    drops every live round and is refused. A message of a live round drops
+    the older live rounds only once its stage is accepted, so a refused
+    message leaves the state as it was.
+    """
     last = last_round(state)
-    active = stored_round(state)
-    if stage == MSG_SECAGG_SETUP:
+    live = live_rounds(state)
+    if stage == SECAGG_SETUP:
         if last is not None and round_id <= last:
             raise SecAggProtocolError(
                 f"node {node_id}: setup of round {round_id} refused, round {last} already began here"
             )
-        if active is not None:
-            logger.info("node %d: round %d discards unfinished round %d", node_id, round_id, active)
-        clear_state(state)
-        return
-    if active is not None and round_id > active:
-        logger.info("node %d: %s of round %d discards unfinished round %d", node_id, stage, round_id, active)
-        clear_state(state)
-        active = None
-    if active is None:
-        if last is not None and round_id <= last:
-            raise SecAggProtocolError(f"node {node_id}: {stage} of round {round_id} refused, that round is over")
-        raise SecAggProtocolError(f"node {node_id}: {stage} of round {round_id} refused, no setup received")
-    if round_id != active:
-        raise SecAggProtocolError(
-            f"node {node_id}: {stage} of round {round_id} refused, round {active} is in progress"
-        )
+        _discard_rounds(state, live[:-1] if live and live[-1] < round_id else live, stage, round_id, node_id)
+        return []
+    older = [r for r in live if r < round_id]
+    if round_id in live:
+        return older
+    if last is not None and round_id <= last:
+        raise SecAggProtocolError(f"node {node_id}: {stage} of round {round_id} refused, that round is over")
+    _discard_rounds(state, older, stage, round_id, node_id)
+    raise SecAggProtocolError(f"node {node_id}: {stage} of round {round_id} refused, no setup received")
 
 
-def _save(state: DeviceState, client: SecAggClient) -> None:
-    new = client.to_state()
-    for key in [k for k in state if k.startswith(PREFIX) and k not in new and k != K_LAST_ROUND]:
-        del state[key]
-    state.update(new)
+def _discard_rounds(state: DeviceState, rounds: list[int], stage: str, round_id: int, node_id: int) -> None:
+    for old in rounds:
+        logger.info("node %d: %s of round %d discards unfinished round %d", node_id, stage, round_id, old)
+        drop_round(state, old)
 
 
-def _discard(state: DeviceState, node_id: int, exc: SecAggStateError) -> None:
-    """Drop unreadable stored state, so one bad write cannot block every later round."""
+def _discard(state: DeviceState, node_id: int, exc: SecAggStateError, round_id: int | None = None) -> None:
+    """Drop unreadable stored state, so one bad write cannot block every later round.
+
+    An unreadable round loses only its own snapshot; an unreadable
+    ``last_round`` takes every round with it.
+    """
     logger.warning("node %d: discarding unreadable secure-aggregation state: %s", node_id, exc)
     try:
         last_round(state)
     except SecAggStateError:
         clear_state(state, forget_round=True)
-    else:
+        return
+    if round_id is None:
         clear_state(state)
+    else:
+        drop_round(state, round_id)
 
 
-def _restore(state: DeviceState, stage: str, node_id: int, **kwargs: Any) -> SecAggClient:
+def _restore(state: DeviceState, stage: str, round_id: int, node_id: int, **kwargs: Any) -> SecAggClient:
     try:
-        client = SecAggClient.from_state(state, **kwargs)
+        client = SecAggClient.from_state(load_round(state, round_id), **kwargs)
     except SecAggStateError as exc:
-        _discard(state, node_id, exc)
+        _discard(state, node_id, exc, round_id)
         raise
     if client.node_id != node_id:
         raise SecAggStateError(f"device state belongs to node {client.node_id}, not {node_id}")
@@ -373,13 +269,16 @@ def handle_secagg(
 ) -> dict[str, Any]:
     """Answer one stage of a round from the device state alone; returns the reply payload.
 
-    The client is restored from ``state``, runs ``stage`` and is saved back.
-    For :data:`~fedrec.wire.MSG_SECAGG_MASK` ``segments()`` is called, and
-    only then, for the layout's 1-D float segments (:func:`flatten_update`).
-    A refusal that ends the client's part in the round clears its state; a
-    refused stale, repeated or out-of-order message leaves the state as it was.
-    After the unmask answer the round's state is cleared. Stored state that
-    cannot be read is discarded (a setup then starts the new round normally).
+    The round's client is restored from its namespace in ``state``, runs
+    ``stage`` and is saved back; other live rounds are left alone (except as
+    the admission rules of this module say). For
+    :data:`~fedrec.wire.SECAGG_MASK` ``segments()`` is called, and only then,
+    for the layout's 1-D float segments (:func:`flatten_update`). A refusal
+    that ends the client's part in the round drops that round's state; a
+    refused stale, repeated or out-of-order message leaves the state as it
+    was. After the unmask answer the round's state is dropped. Stored state
+    that cannot be read is discarded (a setup then starts the new round
+    normally).
 
     ``rng`` (rounding coins) and ``randbytes`` (keys, seeds, nonces) default
     to OS randomness; simulations may inject seeded sources.
@@ -394,43 +293,110 @@ def handle_secagg(
     """
     if stage not in WIRE_STAGES:
         raise SecAggMessageError(f"unknown secure-aggregation stage {stage!r}")
-    if stage == MSG_SECAGG_MASK and segments is None:
+    if stage == SECAGG_MASK and segments is None:
         raise SecAggConfigError(f"{stage} needs a segments() callable")
     round_id = _payload_round(stage, payload)
     try:
-        _admit(state, stage, round_id, node_id)
+        older = _admit(state, stage, round_id, node_id)
     except SecAggStateError as exc:
         _discard(state, node_id, exc)
-        if stage != MSG_SECAGG_SETUP:
+        if stage != SECAGG_SETUP:
             raise
-        _admit(state, stage, round_id, node_id)
-    if stage == MSG_SECAGG_SETUP:
+        older = _admit(state, stage, round_id, node_id)
+    if stage == SECAGG_SETUP:
         state[K_LAST_ROUND] = np.array([round_id], dtype=np.uint64)
         client = SecAggClient(
             node_id=node_id, rng=rng, randbytes=randbytes, allow_minority_threshold=allow_minority_threshold
         )
     else:
-        client = _restore(state, stage, node_id, rng=rng, randbytes=randbytes)
+        client = _restore(state, stage, round_id, node_id, rng=rng, randbytes=randbytes)
+        _discard_rounds(state, older, stage, round_id, node_id)
     message: Mapping[str, Any] | RoutedShares = payload
-    if stage == MSG_SECAGG_MASK:
+    if stage == SECAGG_MASK:
         try:
             message = _routed_for(payload, node_id)
         except SecAggError as exc:
-            clear_state(state)
+            drop_round(state, round_id)
             logger.warning("node %d refused mask: %s", node_id, exc)
             raise
     try:
         reply = _run_stage(client, stage, message, segments)
     except SecAggError:
         if client.state == "aborted":
-            clear_state(state)
+            drop_round(state, round_id)
         raise
     if client.state == "done":
-        clear_state(state)
+        drop_round(state, round_id)
     else:
-        _save(state, client)
+        store_round(state, round_id, client.to_state())
     logger.debug("node %d answered %s of round %d", node_id, stage, round_id)
     return reply.to_dict()
+
+
+@dataclass
+class PartReplies:
+    """The answer to one message's parts: ``replies[stage]`` for the parts answered,
+    ``errors[stage]`` (the refusal, as text) for the others."""
+
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def handle_secagg_parts(
+    parts: Mapping[str, Mapping[str, Any]],
+    state: DeviceState,
+    *,
+    node_id: int,
+    segments: Callable[[], Mapping[str, np.ndarray]] | None = None,
+    rng: np.random.Generator | None = None,
+    randbytes: Callable[[int], bytes] | None = None,
+    allow_minority_threshold: bool = False,
+) -> PartReplies:
+    """Answer every part of one message (``{stage: payload}``), each on its own.
+
+    Parts run oldest round first, so the current round's mask or unmask
+    comes before the next round's setup or share, as on the server. A part
+    that raises (a typed refusal, or anything else, e.g. failed training)
+    becomes an error entry and is logged; the other parts are answered all
+    the same, so the server drops this device from that part's round only.
+    The arguments are those of :func:`handle_secagg`.
+
+    Raises
+    ------
+    SecAggMessageError
+        ``parts`` is empty or names an unknown stage (nothing is answered).
+    """
+    if not parts:
+        raise SecAggMessageError("a secure-aggregation message must hold at least one part")
+    unknown = sorted(set(parts) - set(WIRE_STAGES))
+    if unknown:
+        raise SecAggMessageError(f"unknown secure-aggregation parts {unknown}")
+    out = PartReplies()
+    for stage in sorted(parts, key=lambda s: (_round_or_none(parts[s]), WIRE_STAGES.index(s))):
+        try:
+            out.replies[stage] = handle_secagg(
+                stage,
+                parts[stage],
+                state,
+                node_id=node_id,
+                segments=segments,
+                rng=rng,
+                randbytes=randbytes,
+                allow_minority_threshold=allow_minority_threshold,
+            )
+        except SecAggError as exc:
+            out.errors[stage] = str(exc)
+            logger.warning("node %d refused the %s part: %s", node_id, stage, exc)
+        except Exception as exc:  # one failing part must not cost the other part its answer
+            out.errors[stage] = f"{type(exc).__name__}: {exc}"
+            logger.warning("node %d failed the %s part: %s", node_id, stage, type(exc).__name__)
+    return out
+
+
+def _round_or_none(payload: Mapping[str, Any]) -> int:
+    """Sort key: a part's round id, or -1 when it has none (it is refused first, touching nothing)."""
+    value = payload.get("round_id") if isinstance(payload, Mapping) else None
+    return int(value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else -1
 
 
 def _routed_for(payload: Mapping[str, Any], node_id: int) -> RoutedShares:
@@ -449,9 +415,9 @@ def _run_stage(
     if isinstance(message, RoutedShares):
         assert segments is not None
         return client.mask(message, dict(segments()))
-    if stage == MSG_SECAGG_SETUP:
+    if stage == SECAGG_SETUP:
         return client.advertise(message)
-    if stage == MSG_SECAGG_SHARE:
+    if stage == SECAGG_SHARE:
         return client.share(message)
     return client.unmask(message)
 

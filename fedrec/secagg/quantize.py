@@ -213,10 +213,13 @@ def _quantize_segment(
     values: np.ndarray, spec: SegmentSpec, rng: np.random.Generator
 ) -> np.ndarray:
     assert spec.scale is not None
-    v = (np.clip(values, spec.lo, spec.hi) - spec.lo) * spec.scale
-    floor = np.floor(v)
-    q = floor + (rng.random(v.shape) < (v - floor))
-    return np.clip(q, 0, spec.max_level())
+    v = np.clip(values, spec.lo, spec.hi)  # in place from here on: vectors are long, temporaries cost
+    v -= spec.lo
+    v *= spec.scale
+    q = np.floor(v)
+    v -= q  # the fractional part: round up with that probability
+    q += rng.random(v.shape) < v
+    return np.clip(q, 0, spec.max_level(), out=q)
 
 
 def dequantize(total: np.ndarray, config: QuantConfig, *, n_clients: int) -> dict[str, np.ndarray]:

@@ -3,14 +3,24 @@
 In Flower each stage of a round may run in a different worker process; only
 the device's state mapping (``Context.state``, :data:`DeviceState`) persists.
 :func:`encode` turns a :class:`ClientSnapshot` into arrays under keys starting
-with :data:`PREFIX` (so they share the mapping with other device state) and
-:func:`decode` checks and rebuilds it. Raw bytes (keys, seeds, shares) are
-stored as ``uint8`` arrays, node ids as ``uint64``.
+with :data:`PREFIX` and :func:`decode` checks and rebuilds it. Raw bytes
+(keys, seeds, shares) are stored as ``uint8`` arrays, node ids as ``uint64``.
 
-Keys (``n`` participants, ``k`` neighbours, ``m`` peers whose keys arrived,
-``h`` peers whose shares arrived, ``s`` segments)::
+With pipelined rounds a device takes part in up to two rounds at once (the
+mask and unmask stages of one, the setup and share stages of the next), so the
+device mapping keeps each live round's snapshot under its own key,
+``secagg.<round id>`` (:func:`store_round`, :func:`load_round`,
+:func:`drop_round`, :func:`live_rounds`), next to the device-wide
+``secagg.last_round``; everything shares the mapping with other device state.
+A round's snapshot is stored as ONE ``uint8`` array (:func:`pack`: a JSON
+header naming each array's key, dtype and shape, then their raw bytes), not as
+its two dozen arrays: Flower serializes every array of the device state on
+every message, and per array that costs more than the whole container.
 
-    secagg.last_round          uint64[1]   latest round begun; kept by clear_state
+Snapshot keys (``n`` participants, ``k`` neighbours, ``m`` peers whose keys
+arrived, ``h`` peers whose shares arrived, ``s`` segments)::
+
+    secagg.last_round          uint64[1]   latest round begun (device-wide, not namespaced)
     secagg.format              uint8[1]    layout version (1)
     secagg.node_id             uint64[1]
     secagg.stage               uint8[1]    new advertised shared masked done aborted
@@ -44,6 +54,8 @@ device. Nothing here logs or reprs a value.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,10 +77,17 @@ __all__ = [
     "SecAggStateError",
     "clear_state",
     "decode",
+    "drop_round",
     "encode",
     "last_round",
+    "live_rounds",
+    "load_round",
+    "pack",
+    "round_key",
+    "store_round",
     "stored_round",
     "stored_stage",
+    "unpack",
 ]
 
 DeviceState = MutableMapping[str, np.ndarray]
@@ -382,8 +401,122 @@ def decode(state: Mapping[str, np.ndarray]) -> ClientSnapshot:
 # -- housekeeping -----------------------------------------------------------
 
 
+def round_key(round_id: int) -> str:
+    """Key of one round's packed snapshot in the device mapping: ``secagg.<round id>``."""
+    return f"{PREFIX}{round_id}"
+
+
+def _round_of_key(key: str) -> int | None:
+    rest = key[len(PREFIX) :]
+    return int(rest) if key.startswith(PREFIX) and rest.isdigit() else None
+
+
+_PACKED_DTYPES: dict[str, np.dtype] = {_U8.str: _U8, _U64.str: _U64, _F64.str: _F64}
+_HEADER_BYTES = 4
+
+
+def pack(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Named ``uint8``/``uint64``/``float64`` arrays as one ``uint8`` array (:func:`unpack` reverses it).
+
+    Layout: a 4-byte big-endian header length, a JSON list of ``[name,
+    dtype, shape]``, then each array's bytes in that order.
+
+    Raises
+    ------
+    SecAggStateError
+        An array has another dtype.
+    """
+    entries, chunks = [], []
+    for name, value in arrays.items():
+        arr = np.asarray(value, order="C")
+        if arr.dtype.str not in _PACKED_DTYPES:
+            raise SecAggStateError(f"device state: cannot pack {name!r} of dtype {arr.dtype}")
+        entries.append([name, arr.dtype.str, list(arr.shape)])
+        chunks.append(arr.tobytes())
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    blob = len(header).to_bytes(_HEADER_BYTES, "big") + header + b"".join(chunks)
+    return np.frombuffer(blob, dtype=_U8).copy()
+
+
+def unpack(blob: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays :func:`pack` stored; every length, dtype and shape is checked.
+
+    Raises
+    ------
+    SecAggStateError
+        The container is not a 1-D ``uint8`` array or is malformed.
+    """
+    if not isinstance(blob, np.ndarray) or blob.dtype != _U8 or blob.ndim != 1:
+        raise SecAggStateError("device state: a packed round must be a 1-D uint8 array")
+    data = blob.tobytes()
+    size = int.from_bytes(data[:_HEADER_BYTES], "big")
+    if len(data) < _HEADER_BYTES + size:
+        raise SecAggStateError("device state: a packed round is shorter than its header")
+    try:
+        entries = json.loads(data[_HEADER_BYTES : _HEADER_BYTES + size])
+    except (UnicodeDecodeError, ValueError):
+        entries = None
+    if not isinstance(entries, list):
+        raise SecAggStateError("device state: a packed round has an unreadable header")
+    out, offset = {}, _HEADER_BYTES + size
+    for entry in entries:
+        name, dtype, shape = _entry(entry)
+        count = math.prod(shape)
+        end = offset + count * dtype.itemsize
+        if end > len(data):
+            raise SecAggStateError(f"device state: packed array {name!r} runs past the end")
+        out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
+        offset = end
+    if offset != len(data):
+        raise SecAggStateError("device state: a packed round has trailing bytes")
+    return out
+
+
+def _entry(entry: object) -> tuple[str, np.dtype, tuple[int, ...]]:
+    if isinstance(entry, list) and len(entry) == 3:
+        name, dtype, shape = entry
+        if (isinstance(name, str) and isinstance(dtype, str) and dtype in _PACKED_DTYPES and isinstance(shape, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 32 for d in shape)):
+            return name, _PACKED_DTYPES[dtype], tuple(shape)
+    raise SecAggStateError("device state: a packed round has a malformed entry")
+
+
+def live_rounds(state: Mapping[str, np.ndarray]) -> list[int]:
+    """Ids of the rounds with a snapshot stored in ``state``, ascending."""
+    return sorted({r for key in state if (r := _round_of_key(key)) is not None})
+
+
+def load_round(state: Mapping[str, np.ndarray], round_id: int) -> dict[str, np.ndarray]:
+    """One round's snapshot under its plain ``secagg.*`` keys, as :func:`decode` reads them (``{}`` if none).
+
+    Raises
+    ------
+    SecAggStateError
+        The stored container is malformed.
+    """
+    key = round_key(round_id)
+    return unpack(state[key]) if key in state else {}
+
+
+def store_round(state: DeviceState, round_id: int, snapshot: Mapping[str, np.ndarray]) -> None:
+    """Store ``snapshot`` (:func:`encode`'s plain keys) as round ``round_id``'s, replacing it.
+
+    ``secagg.last_round`` in the snapshot is skipped: it is device-wide, and an
+    older round saved after a newer one began must not move it back.
+    """
+    for key in snapshot:
+        if not key.startswith(PREFIX):
+            raise SecAggStateError(f"device state: snapshot key {key!r} lacks the {PREFIX!r} prefix")
+    state[round_key(round_id)] = pack({k: v for k, v in snapshot.items() if k != K_LAST_ROUND})
+
+
+def drop_round(state: DeviceState, round_id: int) -> None:
+    """Remove one round's snapshot (secrets, shares, setup, stage); other rounds stay."""
+    state.pop(round_key(round_id), None)
+
+
 def clear_state(state: DeviceState, *, forget_round: bool = False) -> None:
-    """Remove every ``secagg.*`` key: secrets, shares, setup, stage.
+    """Remove every ``secagg.*`` key of every round: secrets, shares, setup, stage.
 
     ``secagg.last_round`` (a round id, not a secret) stays unless
     ``forget_round``, so messages of that round or older ones are refused later.
@@ -399,15 +532,19 @@ def last_round(state: Mapping[str, np.ndarray]) -> int | None:
 
 
 def stored_round(state: Mapping[str, np.ndarray]) -> int | None:
-    """Round id of the client stored in ``state``, or ``None`` when none is in progress."""
-    return _get_int(state, K_ROUND) if K_ROUND in state and K_NODE in state else None
+    """Id of the newest round with a snapshot in ``state``, or ``None`` when none is in progress."""
+    rounds = live_rounds(state)
+    return rounds[-1] if rounds else None
 
 
-def stored_stage(state: Mapping[str, np.ndarray]) -> str | None:
-    """Stage of the client stored in ``state``, or ``None`` when none is stored."""
-    if K_NODE not in state:
+def stored_stage(state: Mapping[str, np.ndarray], round_id: int | None = None) -> str | None:
+    """Stage of round ``round_id``'s client (default: the newest round), or ``None`` when none is stored."""
+    if round_id is None:
+        round_id = stored_round(state)
+    snapshot = {} if round_id is None else load_round(state, round_id)
+    if K_NODE not in snapshot:
         return None
-    code = _get_int(state, K_STAGE, _U8)
+    code = _get_int(snapshot, K_STAGE, _U8)
     if code >= len(STAGES):
         raise SecAggStateError(f"device state: unknown stage code {code}")
     return STAGES[code]

@@ -31,12 +31,12 @@ from fedrec.secagg import (
     unflatten_sums,
 )
 from fedrec.secagg.simulate import STAGES, Stage, run_round
-from fedrec.secagg.state import PREFIX, last_round, stored_round, stored_stage
+from fedrec.secagg.state import PREFIX, last_round, live_rounds, load_round, store_round, stored_round, stored_stage
 from fedrec.wire import (
-    MSG_SECAGG_MASK,
-    MSG_SECAGG_SETUP,
-    MSG_SECAGG_SHARE,
-    MSG_SECAGG_UNMASK,
+    SECAGG_MASK,
+    SECAGG_SETUP,
+    SECAGG_SHARE,
+    SECAGG_UNMASK,
     UPDATE_SEGMENTS,
 )
 
@@ -203,7 +203,7 @@ def test_every_payload_and_reply_is_record_compatible() -> None:
     for payloads in net.sent.values():
         for payload in payloads.values():
             check_payload(payload)
-    assert isinstance(net.sent[MSG_SECAGG_SETUP][3]["participants"], list)
+    assert isinstance(net.sent[SECAGG_SETUP][3]["participants"], list)
 
 
 def reference(
@@ -298,7 +298,7 @@ def test_a_refusing_device_is_dropped_and_its_state_cleared() -> None:
     original = net.deliver
 
     def tampering(node: int, stage: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        if node == IDS[1] and stage == MSG_SECAGG_MASK:
+        if node == IDS[1] and stage == SECAGG_MASK:
             payload = {**payload, "ciphertexts": [bytes([c[0] ^ 1]) + c[1:] for c in payload["ciphertexts"]]}
         return original(node, stage, payload)
 
@@ -315,15 +315,15 @@ def test_a_refusing_device_is_dropped_and_its_state_cleared() -> None:
 def test_segments_are_requested_only_in_the_mask_stage() -> None:
     net = Network(make_updates(IDS, 6), drops={IDS[0]: "share", IDS[1]: "mask", IDS[2]: "unmask"})
     drive(net, threshold=4)
-    assert all(stage == MSG_SECAGG_MASK for _, stage in net.trained)
+    assert all(stage == SECAGG_MASK for _, stage in net.trained)
     assert sorted(node for node, _ in net.trained) == IDS[2:]
 
 
 def test_failed_training_leaves_the_state_for_a_retry() -> None:
     net = Network(make_updates(IDS, 7))
     server = SecAggServer(round_id=3, participants=IDS, threshold=5, neighbours="all", quant=layout())
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
-    routed = server.collect_shares({n: net.deliver(n, MSG_SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
+    routed = server.collect_shares({n: net.deliver(n, SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
     node, before = IDS[0], stored(net.states[IDS[0]])
 
     def broken() -> dict[str, np.ndarray]:
@@ -331,18 +331,18 @@ def test_failed_training_leaves_the_state_for_a_retry() -> None:
 
     state = stored(before)
     with pytest.raises(RuntimeError):
-        handle_secagg(MSG_SECAGG_MASK, routed[node].to_dict(), state, node_id=node, segments=broken)
+        handle_secagg(SECAGG_MASK, routed[node].to_dict(), state, node_id=node, segments=broken)
     assert stored_stage(state) == "shared" and set(state) == set(before)
     with pytest.raises(SecAggMessageError, match="item_bias must have shape"):
         handle_secagg(
-            MSG_SECAGG_MASK,
+            SECAGG_MASK,
             routed[node].to_dict(),
             state,
             node_id=node,
             segments=lambda: flatten_update({**net.updates[node], "item_bias": np.zeros(2)}),
         )
     assert stored_stage(state) == "shared"
-    reply = handle_secagg(MSG_SECAGG_MASK, routed[node].to_dict(), state, node_id=node, segments=net.segments(node))
+    reply = handle_secagg(SECAGG_MASK, routed[node].to_dict(), state, node_id=node, segments=net.segments(node))
     assert reply["masked"].shape == (layout().total_length,) and stored_stage(state) == "masked"
 
 
@@ -422,17 +422,17 @@ def test_replayed_messages_of_an_earlier_round_are_refused() -> None:
         assert set(state) == {PREFIX + "last_round"}
 
     server = SecAggServer(round_id=5, participants=IDS, threshold=5, neighbours="all", quant=layout())
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
-    routed = server.collect_shares({n: net.deliver(n, MSG_SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
+    routed = server.collect_shares({n: net.deliver(n, SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
     before = stored(net.states[node])
     for stage in WIRE_STAGES:
         with pytest.raises(SecAggProtocolError, match="round 4 refused"):
             net.deliver(node, stage, old[stage][node])
         assert stored_stage(net.states[node]) == "shared"
         assert all(np.array_equal(before[k], net.states[node][k]) for k in before)
-    masked = {n: net.deliver(n, MSG_SECAGG_MASK, routed[n].to_dict()) for n in IDS}
+    masked = {n: net.deliver(n, SECAGG_MASK, routed[n].to_dict()) for n in IDS}
     requests = server.collect_masked(masked)
-    result = server.collect_unmask({n: net.deliver(n, MSG_SECAGG_UNMASK, requests[n].to_dict()) for n in IDS})
+    result = server.collect_unmask({n: net.deliver(n, SECAGG_UNMASK, requests[n].to_dict()) for n in IDS})
     assert result.survivors == IDS
     assert_within_bound(result, layout(), updates)
     assert sum(1 for n, s in net.trained if n == node) == 2
@@ -442,40 +442,41 @@ def test_repeated_or_out_of_order_messages_of_the_current_round_leave_state_alon
     net = Network(make_updates(IDS, 12))
     server = SecAggServer(round_id=8, participants=IDS, threshold=5, neighbours="all", quant=layout())
     setup = server.setup.to_dict()
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, setup) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, setup) for n in IDS})
     node = IDS[0]
     before = stored(net.states[node])
     with pytest.raises(SecAggProtocolError, match="round 8 already began"):
-        net.deliver(node, MSG_SECAGG_SETUP, setup)
+        net.deliver(node, SECAGG_SETUP, setup)
     with pytest.raises(SecAggProtocolError, match="expected 'shared'"):
-        net.deliver(node, MSG_SECAGG_MASK, {"round_id": 8, "node_id": node, "senders": [], "ciphertexts": []})
+        net.deliver(node, SECAGG_MASK, {"round_id": 8, "node_id": node, "senders": [], "ciphertexts": []})
     with pytest.raises(SecAggProtocolError, match="expected 'masked'"):
-        net.deliver(node, MSG_SECAGG_UNMASK, {"round_id": 8, "node_id": node, "survivors": [], "dropped": []})
+        net.deliver(node, SECAGG_UNMASK, {"round_id": 8, "node_id": node, "survivors": [], "dropped": []})
     assert all(np.array_equal(before[k], net.states[node][k]) for k in before) and set(before) == set(net.states[node])
     assert not net.trained
-    reply = net.deliver(node, MSG_SECAGG_SHARE, keys[node].to_dict())
+    reply = net.deliver(node, SECAGG_SHARE, keys[node].to_dict())
     with pytest.raises(SecAggProtocolError, match="expected 'advertised'"):
-        net.deliver(node, MSG_SECAGG_SHARE, keys[node].to_dict())
+        net.deliver(node, SECAGG_SHARE, keys[node].to_dict())
     assert reply["node_id"] == node
 
 
 def test_a_new_round_discards_an_unfinished_one() -> None:
     net = Network(make_updates(IDS, 13))
     server = SecAggServer(round_id=20, participants=IDS, threshold=5, neighbours="all", quant=layout())
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     for n in IDS:
-        net.deliver(n, MSG_SECAGG_SHARE, keys[n].to_dict())
-    old_peers = net.states[IDS[0]][PREFIX + "share_keys"]
+        net.deliver(n, SECAGG_SHARE, keys[n].to_dict())
+    old_peers = load_round(net.states[IDS[0]], 20)[PREFIX + "share_keys"]
     assert stored_round(net.states[IDS[0]]) == 20
     net.drops = {}
     result = drive(net, round_id=21)
     assert result.survivors == IDS
-    assert PREFIX + "share_keys" not in net.states[IDS[0]] and last_round(net.states[IDS[0]]) == 21
+    assert load_round(net.states[IDS[0]], 20) == {}
+    assert set(net.states[IDS[0]]) == {PREFIX + "last_round"} and last_round(net.states[IDS[0]]) == 21
     assert old_peers.size
     state = stored(net.states[IDS[1]])
-    handle_secagg(MSG_SECAGG_SETUP, server.setup.to_dict() | {"round_id": 30}, state, node_id=IDS[1])
+    handle_secagg(SECAGG_SETUP, server.setup.to_dict() | {"round_id": 30}, state, node_id=IDS[1])
     with pytest.raises(SecAggProtocolError, match="round 31 refused, no setup received"):
-        handle_secagg(MSG_SECAGG_SHARE, {"round_id": 31}, state, node_id=IDS[1])
+        handle_secagg(SECAGG_SHARE, {"round_id": 31}, state, node_id=IDS[1])
     assert stored_round(state) is None and last_round(state) == 30
 
 
@@ -483,10 +484,10 @@ def test_setup_of_a_round_this_node_is_not_in_aborts_only_that_round() -> None:
     state: dict[str, np.ndarray] = {"user.9.bias": np.zeros(1, np.float32)}
     server = SecAggServer(round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
     with pytest.raises(SecAggMessageError, match="not a participant"):
-        handle_secagg(MSG_SECAGG_SETUP, server.setup.to_dict(), state, node_id=1000)
+        handle_secagg(SECAGG_SETUP, server.setup.to_dict(), state, node_id=1000)
     assert set(state) == {"user.9.bias", PREFIX + "last_round"}
     with pytest.raises(SecAggProtocolError, match="round 2 refused, that round is over"):
-        handle_secagg(MSG_SECAGG_SHARE, {"round_id": 2}, state, node_id=1000)
+        handle_secagg(SECAGG_SHARE, {"round_id": 2}, state, node_id=1000)
 
 
 def test_handler_input_checks() -> None:
@@ -494,34 +495,34 @@ def test_handler_input_checks() -> None:
     with pytest.raises(SecAggMessageError, match="unknown secure-aggregation stage"):
         handle_secagg("train", {}, state, node_id=1)
     with pytest.raises(SecAggConfigError, match="needs a segments"):
-        handle_secagg(MSG_SECAGG_MASK, {"round_id": 1}, state, node_id=1)
+        handle_secagg(SECAGG_MASK, {"round_id": 1}, state, node_id=1)
     for payload in ({}, {"round_id": -1}, {"round_id": True}, {"round_id": "1"}):
         with pytest.raises(SecAggMessageError, match="round_id"):
-            handle_secagg(MSG_SECAGG_SHARE, payload, state, node_id=1)
+            handle_secagg(SECAGG_SHARE, payload, state, node_id=1)
     with pytest.raises(SecAggMessageError, match="mapping"):
-        handle_secagg(MSG_SECAGG_SHARE, [1], state, node_id=1)  # type: ignore[arg-type]
+        handle_secagg(SECAGG_SHARE, [1], state, node_id=1)  # type: ignore[arg-type]
     assert state == {}
 
 
 def test_state_of_another_node_is_refused() -> None:
     net = Network(make_updates(IDS, 14))
     server = SecAggServer(round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     with pytest.raises(SecAggStateError, match=f"belongs to node {IDS[0]}"):
-        handle_secagg(MSG_SECAGG_SHARE, keys[IDS[1]].to_dict(), net.states[IDS[0]], node_id=IDS[1])
+        handle_secagg(SECAGG_SHARE, keys[IDS[1]].to_dict(), net.states[IDS[0]], node_id=IDS[1])
 
 
 def test_misaddressed_routed_shares_abort_the_round_on_the_device() -> None:
     net = Network(make_updates(IDS, 15))
     server = SecAggServer(round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
-    routed = server.collect_shares({n: net.deliver(n, MSG_SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
+    routed = server.collect_shares({n: net.deliver(n, SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
     with pytest.raises(SecAggMessageError, match="addressed to node"):
-        net.deliver(IDS[0], MSG_SECAGG_MASK, routed[IDS[1]].to_dict())
+        net.deliver(IDS[0], SECAGG_MASK, routed[IDS[1]].to_dict())
     assert set(net.states[IDS[0]]) == {PREFIX + "last_round"}
     assert not net.trained
     with pytest.raises(SecAggProtocolError, match="that round is over"):
-        net.deliver(IDS[0], MSG_SECAGG_MASK, routed[IDS[0]].to_dict())
+        net.deliver(IDS[0], SECAGG_MASK, routed[IDS[0]].to_dict())
 
 
 # -- threshold and payload checks ------------------------------------------------------
@@ -592,9 +593,10 @@ def test_driver_logs_counts_and_never_secrets(caplog: pytest.LogCaptureFixture) 
         try:
             return original(node, stage, payload)
         finally:
-            for key, value in net.states[node].items():
-                if value.dtype == np.uint8 and key != PREFIX + "format":
-                    secrets.extend(bytes(row) for row in value.reshape(-1, value.shape[-1]) if len(row) >= 32)
+            for round_id in live_rounds(net.states[node]):
+                for key, value in load_round(net.states[node], round_id).items():
+                    if value.dtype == np.uint8 and key != PREFIX + "format":
+                        secrets.extend(bytes(row) for row in value.reshape(-1, value.shape[-1]) if len(row) >= 32)
 
     net.deliver = recording  # type: ignore[method-assign]
     drive(net)
@@ -613,11 +615,11 @@ def test_driver_logs_counts_and_never_secrets(caplog: pytest.LogCaptureFixture) 
 def test_unreadable_state_is_discarded_and_a_setup_starts_afresh() -> None:
     net = Network(make_updates(IDS, 18))
     server = SecAggServer(round_id=6, participants=IDS, threshold=5, neighbours="all", quant=layout())
-    keys = server.collect_keys({n: net.deliver(n, MSG_SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
+    keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     node = IDS[0]
-    net.states[node][PREFIX + "seed"] = np.zeros(5, np.uint8)
+    store_round(net.states[node], 6, {**load_round(net.states[node], 6), PREFIX + "seed": np.zeros(5, np.uint8)})
     with pytest.raises(SecAggStateError, match="'secagg.seed' has shape"):
-        net.deliver(node, MSG_SECAGG_SHARE, keys[node].to_dict())
+        net.deliver(node, SECAGG_SHARE, keys[node].to_dict())
     assert set(net.states[node]) == {PREFIX + "last_round"}
     net.states[node][PREFIX + "last_round"] = np.array([6.0])
     net.states[node]["user.3.bias"] = np.zeros(1, np.float32)

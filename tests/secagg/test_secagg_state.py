@@ -27,10 +27,17 @@ from fedrec.secagg.state import (
     PREFIX,
     ClientSnapshot,
     decode,
+    drop_round,
     encode,
     last_round,
+    live_rounds,
+    load_round,
+    pack,
+    round_key,
+    store_round,
     stored_round,
     stored_stage,
+    unpack,
 )
 
 LAYOUT = QuantConfig(
@@ -184,7 +191,9 @@ def test_snapshot_and_client_reprs_hide_secrets() -> None:
 def test_clear_state_touches_only_secagg_keys() -> None:
     server, clients = staged_cohort()
     clients[5].advertise(server.setup)
-    state: dict[str, np.ndarray] = {"user.1.factor": np.ones(3, np.float32), **clients[5].to_state()}
+    state: dict[str, np.ndarray] = {"user.1.factor": np.ones(3, np.float32),
+                                    PREFIX + "last_round": np.array([9], np.uint64)}
+    store_round(state, 9, clients[5].to_state())
     assert stored_round(state) == 9 and stored_stage(state) == "advertised" and last_round(state) == 9
     clear_state(state)
     assert set(state) == {"user.1.factor", PREFIX + "last_round"}
@@ -361,3 +370,61 @@ def test_round_with_every_client_restored_between_stages_matches_run_round(sc: d
     assert a.survivors == b.survivors and a.dropped == b.dropped
     for name in a.sums:
         assert np.array_equal(a.sums[name], b.sums[name])
+
+
+# -- rounds in the device mapping: one packed array per round ------------------
+
+
+def test_each_round_is_one_packed_array_that_round_trips() -> None:
+    server, clients = staged_cohort()
+    ids = list(server.setup.participants)
+    keys = server.collect_keys({i: clients[i].advertise(server.setup) for i in ids})
+    clients[5].share(keys[5])
+    snapshot = clients[5].to_state()
+    state: dict[str, np.ndarray] = {"user.1.factor": np.ones(3, np.float32)}
+    store_round(state, 9, snapshot)
+    store_round(state, 11, SecAggClient(node_id=5).to_state())
+    assert set(state) == {"user.1.factor", round_key(9), round_key(11)}
+    assert all(state[round_key(r)].dtype == np.uint8 and state[round_key(r)].ndim == 1 for r in (9, 11))
+    assert live_rounds(through_storage(state)) == [9, 11]
+    restored = load_round(through_storage(state), 9)
+    assert_same_state(restored, {k: v for k, v in snapshot.items() if k != PREFIX + "last_round"})
+    assert SecAggClient.from_state(restored).state == "shared"
+    drop_round(state, 9)
+    assert live_rounds(state) == [11] and load_round(state, 9) == {}
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.dictionaries(
+    st.text(min_size=1, max_size=12),
+    st.tuples(st.sampled_from([np.uint8, np.uint64, np.float64]),
+              st.lists(st.integers(0, 4), max_size=3)),
+    max_size=6))
+def test_pack_round_trips_any_named_arrays(spec: dict[str, tuple[Any, list[int]]]) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {name: (rng.random(shape) * 200).astype(dtype) for name, (dtype, shape) in spec.items()}
+    back = unpack(through_storage({"x": pack(arrays)})["x"])
+    assert_same_state(back, arrays)
+
+
+def packed(header: bytes, body: bytes = b"", *, size: int | None = None) -> np.ndarray:
+    prefix = (len(header) if size is None else size).to_bytes(4, "big")
+    return np.frombuffer(prefix + header + body, np.uint8)
+
+
+@pytest.mark.parametrize(("blob", "pattern"), [
+    (np.zeros(3, np.int64), "1-D uint8"),
+    (packed(b"[1,2]", size=9), "shorter than its header"),
+    (packed(b"[1,"), "unreadable header"),
+    (packed(b'{"a":1}'), "unreadable header"),
+    (packed(b'[["a","|u1"]]'), "malformed entry"),
+    (packed(b'[["a","<i8",[1]]]', bytes(8)), "malformed entry"),
+    (packed(b'[["a","|u1",[-1]]]'), "malformed entry"),
+    (packed(b'[["a","|u1",[4]]]', bytes(3)), "runs past the end"),
+    (packed(b'[["a","|u1",[2]]]', bytes(3)), "trailing bytes"),
+])
+def test_malformed_packed_rounds_are_refused(blob: np.ndarray, pattern: str) -> None:
+    with pytest.raises(SecAggStateError, match=pattern):
+        unpack(blob)
+    with pytest.raises(SecAggStateError):
+        pack({"a": np.zeros(2, np.int32)})

@@ -2,28 +2,35 @@
 
 Every reply a device sends is captured where the server receives it: with
 secure aggregation on, nothing in them may reveal a user factor (not even a
-scaled copy), a rating, an item id or which items a device touched.
+scaled copy), a rating, an item id or which items a device touched. Rounds run
+stand-alone (four trips) and pipelined (the next round's setup and share in the
+current round's mask and unmask trips: two trips a round).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedrec.client.app import make_client_app, simulation_source
+import pytest
+from fedrec.client.app import load_state, make_client_app, simulation_source, train_device
 from fedrec.server.app import catalogue_for
 from fedrec.server.loop import _train_round, run_server, wait_for_nodes
-from fedrec.server.secagg import neighbours_for, secure_train_round, threshold_for
-from flwr.app import Context, Message
+from fedrec.server.secagg import SecureRounds, neighbours_for, secure_train_round, threshold_for
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedrec import wire
 from fedrec.runconfig import RunConfig
-from fedrec.secagg import quant_config_for
+from fedrec.secagg import flatten_update, protocol_round_id, quant_config_for
 from fedrec.secagg.quantize import quantize
+from fedrec.train.aggregate import RoundSums
 from fedrec.train.federated import ServerState
 
 N_DEVICES, N_ITEMS, DIM = 24, 40, 16
@@ -32,23 +39,44 @@ SMALL = {"synthetic.n-users": N_DEVICES, "synthetic.n-items": N_ITEMS, "syntheti
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 REPLY_KEYS = {
-    wire.MSG_SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk"},
-    wire.MSG_SECAGG_SHARE: {"round_id", "node_id", "receivers", "ciphertexts"},
-    wire.MSG_SECAGG_MASK: {"round_id", "node_id"},
-    wire.MSG_SECAGG_UNMASK: {"round_id", "node_id", "survivors", "seed_shares", "dropped", "key_shares"},
+    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk"},
+    wire.SECAGG_SHARE: {"round_id", "node_id", "receivers", "ciphertexts"},
+    wire.SECAGG_MASK: {"round_id", "node_id"},
+    wire.SECAGG_UNMASK: {"round_id", "node_id", "survivors", "seed_shares", "dropped", "key_shares"},
 }
 CHI2_LIMIT = 450.0
 """Chi-square of byte counts over 256 bins (255 dof, mean 255, sd 22.6): uniform bytes exceed 450
 with probability below 1e-12; a quantized vector that is not masked scores in the thousands."""
 
 
+def parts_of(msg: Message) -> set[str]:
+    """The secure-aggregation parts a message (or reply) holds."""
+    return {s for s in wire.SECAGG_STAGES if wire.secagg_record(s) in msg.content.config_records}
+
+
+def errors_of(msg: Message) -> dict[str, str]:
+    """``{stage: reason}`` of the parts a reply refused."""
+    records = msg.content.config_records
+    return {s: str(records[wire.secagg_error_record(s)][wire.SECAGG_REASON]) for s in wire.SECAGG_STAGES
+            if wire.secagg_error_record(s) in records}
+
+
+def round_of(msg: Message, stage: str) -> int:
+    """The protocol round id of one part of a message."""
+    return int(msg.content.config_records[wire.secagg_record(stage)]["round_id"])  # type: ignore[arg-type]
+
+
 class WireGrid:
-    """A Grid that keeps every (message sent, reply received) pair: what actually crossed the wire."""
+    """A Grid that keeps every (message sent, reply received) pair: what actually crossed the wire.
+
+    ``calls`` holds the messages of each ``send_and_receive`` call, i.e. of each trip.
+    """
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        self.calls: list[list[Message]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
@@ -56,12 +84,48 @@ class WireGrid:
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         self.sent.extend(messages)
+        self.calls.append(messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         self.replies.extend(replies)
         return replies
 
     def of_type(self, kind: str) -> list[Message]:
         return [r for r in self.replies if r.metadata.message_type == kind]
+
+    def answered(self) -> list[Message]:
+        """Secure-aggregation replies that are not whole-message errors."""
+        return [r for r in self.of_type(wire.MSG_SECAGG) if not r.has_error()]
+
+    def trips_per_group(self) -> dict[str, int]:
+        """Secure-aggregation trips per round (``group_id``)."""
+        return dict(Counter(c[0].metadata.group_id for c in self.calls
+                            if c and c[0].metadata.message_type == wire.MSG_SECAGG))
+
+
+def refusing(real: ClientApp, *, refuse: dict[tuple[int, str], set[int]] | None = None,
+             offline: dict[tuple[str, str], set[int]] | None = None) -> ClientApp:
+    """``real`` with injected faults, by partition id.
+
+    ``refuse[(protocol round id, stage)]``: the part arrives with an unknown
+    key, so the device refuses that part only; ``offline[(group, stage)]``:
+    a message of that round holding a part of that stage fails as a whole.
+    """
+    refuse, offline = refuse or {}, offline or {}
+    app = ClientApp()
+
+    def handler(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        for stage in parts_of(msg):
+            if pid in offline.get((msg.metadata.group_id, stage), set()):
+                raise RuntimeError("device went offline")
+            if pid in refuse.get((round_of(msg, stage), stage), set()):
+                record = msg.content.config_records[wire.secagg_record(stage)]
+                msg.content[wire.secagg_record(stage)] = ConfigRecord({**dict(record.items()), "bogus": 1})
+        return real(msg, context)
+
+    app.train(wire.MSG_SECAGG.split(".")[1])(handler)
+    app.evaluate()(real)
+    return app
 
 
 def _simulate(main: Any, client: ClientApp) -> None:
@@ -113,19 +177,26 @@ def test_leak_detectors_catch_a_leaking_vector() -> None:
     assert chi_square(quantize(update, quant, rng=rng).tobytes()) > 10 * CHI2_LIMIT
 
 
-def test_secure_round_matches_plain_and_hides_everything(tmp_path: Path) -> None:
-    """One round both ways from the same table; only the secure replies are checked for leaks."""
-    cfg = RunConfig.from_flat(SMALL)
-    box: dict[str, Any] = {}
+def _probe(cfg: RunConfig, logs: Path) -> Any:
+    """A client mod: after a device masked, keep its user factor and rows (``<round>-<node>.npz``)."""
 
     def probe(msg: Message, context: Context, call_next: Any) -> Message:
         reply = call_next(msg, context)
-        if msg.metadata.message_type == wire.MSG_SECAGG_MASK and not reply.has_error():
+        if wire.SECAGG_MASK in parts_of(msg) and not reply.has_error() and wire.SECAGG_MASK in parts_of(reply):
             state = context.state.array_records[wire.STATE_LOCAL]
             (factor,) = [v.numpy() for k, v in state.items() if k.endswith(".factor")]
             rows = simulation_source(context, cfg).train()
-            np.savez(tmp_path / f"{context.node_id}.npz", factor=factor, items=rows.items, ratings=rows.ratings)
+            rnd = msg.content.config_records[wire.RECORD_CONFIG][wire.CFG_ROUND]
+            np.savez(logs / f"{rnd}-{context.node_id}.npz", factor=factor, items=rows.items, ratings=rows.ratings)
         return reply
+
+    return probe
+
+
+def test_secure_round_matches_plain_and_hides_everything(tmp_path: Path) -> None:
+    """One stand-alone round (four trips) both ways from the same table; the secure replies are checked for leaks."""
+    cfg = RunConfig.from_flat({**SMALL, "secagg.pipeline": False})
+    box: dict[str, Any] = {}
 
     def main(grid: Grid, context: Context) -> None:
         rec = box["grid"] = WireGrid(grid)
@@ -133,18 +204,19 @@ def test_secure_round_matches_plain_and_hides_everything(tmp_path: Path) -> None
         state = ServerState.start(catalogue_for(cfg).n_items, cfg.model, cfg.fed, global_mean=3.0)
         box["secure"] = secure_train_round(rec, cfg, state, nodes, 1)
         box["plain"] = _train_round(rec, cfg, state, nodes, 1)
-        stale = [m for m in rec.sent if m.metadata.message_type in (wire.MSG_SECAGG_SETUP, wire.MSG_SECAGG_MASK)]
+        stale = [m for m in rec.sent if parts_of(m) & {wire.SECAGG_SETUP, wire.SECAGG_MASK}]
         replays = [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type,
                            group_id="1") for m in (stale[0], stale[-1])]
         box["replayed"] = list(grid.send_and_receive(replays, timeout=60))
         box["nodes"] = nodes
 
-    _simulate(main, make_client_app(mods=[probe]))
+    _simulate(main, make_client_app(mods=[_probe(cfg, tmp_path)]))
     rec, nodes = box["grid"], box["nodes"]
     secure, dropped, metrics = box["secure"]
     plain = box["plain"][0]
     assert secure.n_clients == plain.n_clients == N_DEVICES and dropped == []
     assert metrics == [{wire.MET_OK: 1.0}] * N_DEVICES
+    assert len(rec.calls) == 5 and all(len(parts_of(m)) == 1 for m in rec.sent if parts_of(m))
 
     # The secure sum is the plain sum of the clipped updates, within the quantization bound.
     quant = quant_config_for(n_items=N_ITEMS, dim=DIM, clip=1.0, bits=32, max_count=1, cohort=N_DEVICES)
@@ -157,42 +229,109 @@ def test_secure_round_matches_plain_and_hides_everything(tmp_path: Path) -> None
         assert np.abs(got - getattr(plain, name)).max() <= N_DEVICES / scale[name] + 1e-4
     np.testing.assert_array_equal(secure.counts, plain.counts)
 
-    # Messages of a finished round are refused.
-    assert len(box["replayed"]) == 2 and all(r.has_error() for r in box["replayed"])
-    assert all("refused" in r.error.reason for r in box["replayed"])
+    # Messages of a finished round are refused, part by part.
+    assert len(box["replayed"]) == 2 and not any(r.has_error() for r in box["replayed"])
+    for reply in box["replayed"]:
+        errors = errors_of(reply)
+        assert errors and all("refused" in reason for reason in errors.values()) and not parts_of(reply)
 
-    _assert_replies_hide_the_devices(rec, nodes, tmp_path)
+    _assert_replies_hide_the_devices(rec, nodes, tmp_path, rounds=1)
 
 
-def _assert_replies_hide_the_devices(rec: WireGrid, nodes: list[int], logs: Path) -> None:
+def test_pipelined_rounds_match_plain_in_two_trips_and_hide_everything(tmp_path: Path) -> None:
+    """Four pipelined rounds: each secure sum, and the table it gives, equal the plain ones within the
+    quantization bound; a steady-state round is two trips, each device getting one message with both parts."""
+    cfg = RunConfig.from_flat(SMALL)
+    rounds, lr = 4, cfg.fed.server.lr
+    updates = tmp_path / "updates"
+    updates.mkdir()
+    real = make_client_app(mods=[_probe(cfg, tmp_path)])
+    capturing = ClientApp()
+
+    def capture(msg: Message, context: Context) -> Message:
+        """Train once more on a copy of the state (training is deterministic): the plain update that gets masked."""
+        if wire.SECAGG_MASK in parts_of(msg):
+            out = train_device(msg, context, copy.deepcopy(load_state(context)), simulation_source)
+            rnd = msg.content.config_records[wire.RECORD_CONFIG][wire.CFG_ROUND]
+            np.savez(updates / f"{rnd}-{context.node_id}.npz", **flatten_update(out.update.segments()))
+        return real(msg, context)
+
+    capturing.train(wire.MSG_SECAGG.split(".")[1])(capture)
+    box: dict[str, Any] = {"rounds": []}
+
+    def main(grid: Grid, context: Context) -> None:
+        rec = box["grid"] = WireGrid(grid)
+        nodes = box["nodes"] = wait_for_nodes(rec, N_DEVICES, timeout=60)
+        state = ServerState.start(catalogue_for(cfg).n_items, cfg.model, cfg.fed, global_mean=3.0)
+        secure = SecureRounds(rec, cfg)
+        for rnd in range(1, rounds + 1):
+            before, calls = copy.deepcopy(state), len(rec.calls)
+            sums, dropped, _ = secure.train(state, nodes, rnd, next_cohort=nodes if rnd < rounds else None)
+            state.apply(sums)
+            box["rounds"].append((before, sums, dropped, len(rec.calls) - calls, copy.deepcopy(state.glob)))
+        secure.close()
+
+    _simulate(main, capturing)
+    rec = box["grid"]
+    assert [r[3] for r in box["rounds"]] == [4, 2, 2, 2]
+    for call in rec.calls[2:]:
+        assert len({m.metadata.dst_node_id for m in call}) == len(call) == N_DEVICES
+    for call in rec.calls[2:-2]:  # trips A and B of rounds 1-3 carry both rounds' parts
+        assert {frozenset(parts_of(m)) for m in call} in ({frozenset({wire.SECAGG_MASK, wire.SECAGG_SETUP})},
+                                                          {frozenset({wire.SECAGG_UNMASK, wire.SECAGG_SHARE})})
+    quant = quant_config_for(n_items=N_ITEMS, dim=DIM, clip=1.0, bits=32, max_count=1, cohort=N_DEVICES)
+    bound = {s.name: N_DEVICES / s.scale for s in quant.segments if s.scale is not None}
+    for rnd, (before, sums, dropped, _, after) in enumerate(box["rounds"], start=1):
+        assert dropped == [] and sums.n_clients == N_DEVICES
+        plain = [dict(np.load(f)) for f in sorted(updates.glob(f"{rnd}-*.npz"))]
+        assert len(plain) == N_DEVICES
+        want = {k: sum(np.clip(u[k].astype(np.float64), -1.0, 1.0) for u in plain) for k in bound}
+        got = {"item_factors": sums.item_factors.ravel(), "item_bias": sums.item_bias, "counts": sums.counts}
+        for name in bound:
+            assert np.abs(got[name] - want[name]).max() <= bound[name] + 1e-9, (rnd, name)
+        before.apply(RoundSums(want["item_factors"].reshape(N_ITEMS, DIM), want["item_bias"], want["counts"],
+                               N_DEVICES))
+        for name in ("item_factors", "item_bias"):
+            diff = np.abs(getattr(after, name).astype(np.float64) - getattr(before.glob, name))
+            assert diff.max() <= lr * bound[name] + 1e-5, (rnd, name)
+    _assert_replies_hide_the_devices(rec, box["nodes"], tmp_path, rounds=rounds)
+
+
+def _assert_replies_hide_the_devices(rec: WireGrid, nodes: list[int], logs: Path, *, rounds: int) -> None:
     masked_bytes = b""
     factors = [np.load(f)["factor"] for f in logs.glob("*.npz")]
-    assert len(factors) == N_DEVICES and sum(np.linalg.norm(f) > 0 for f in factors) >= N_DEVICES - 2
-    for stage, keys in REPLY_KEYS.items():
-        replies = rec.of_type(stage)
-        assert len(replies) == N_DEVICES
-        for reply in replies:
-            content = reply.content
-            expected = {wire.RECORD_SECAGG} | ({wire.RECORD_SECAGG_ARRAYS, wire.RECORD_METRICS}
-                                                if stage == wire.MSG_SECAGG_MASK else set())
-            assert set(content.keys()) == expected
-            config = dict(content.config_records[wire.RECORD_SECAGG])
-            assert set(config) == keys
+    assert len(factors) == N_DEVICES * rounds and sum(np.linalg.norm(f) > 0 for f in factors) >= len(factors) - 2
+    answered: Counter[str] = Counter()
+    assert len(rec.answered()) == len(rec.of_type(wire.MSG_SECAGG))
+    for reply in rec.answered():
+        stages = parts_of(reply)
+        answered.update(stages)
+        assert not errors_of(reply)
+        expected = {wire.secagg_record(s) for s in stages}
+        if wire.SECAGG_MASK in stages:
+            expected |= {wire.secagg_arrays_record(wire.SECAGG_MASK), wire.RECORD_METRICS}
+        assert set(reply.content.keys()) == expected
+        for stage in stages:
+            config = dict(reply.content.config_records[wire.secagg_record(stage)])
+            assert set(config) == REPLY_KEYS[stage]
             for value in config.values():  # integers are round and node ids only: no item id list
                 ints = value if isinstance(value, list) and value and isinstance(value[0], int) else []
                 assert set(ints) <= set(nodes)
                 assert not isinstance(value, float) and not (isinstance(value, list) and value
                                                              and isinstance(value[0], float))
-            if stage == wire.MSG_SECAGG_MASK:
-                assert dict(content.metric_records[wire.RECORD_METRICS]) == {wire.MET_OK: 1.0}
-                masked_bytes += _assert_masked_hides(reply, logs)
+        if wire.SECAGG_MASK in stages:
+            assert dict(reply.content.metric_records[wire.RECORD_METRICS]) == {wire.MET_OK: 1.0}
+            masked_bytes += _assert_masked_hides(reply, logs)
+    assert answered == {s: N_DEVICES * rounds for s in wire.SECAGG_STAGES}
     assert chi_square(masked_bytes) < CHI2_LIMIT
 
 
 def _assert_masked_hides(reply: Message, logs: Path) -> bytes:
-    (masked,) = [v.numpy() for v in reply.content.array_records[wire.RECORD_SECAGG_ARRAYS].values()]
+    arrays = reply.content.array_records[wire.secagg_arrays_record(wire.SECAGG_MASK)]
+    (masked,) = [v.numpy() for v in arrays.values()]
     assert masked.dtype == np.uint32 and masked.shape == (N_ITEMS * (DIM + 2),)
-    device = np.load(logs / f"{reply.metadata.src_node_id}.npz")
+    rnd = round_of(reply, wire.SECAGG_MASK) // 2
+    device = np.load(logs / f"{rnd}-{reply.metadata.src_node_id}.npz")
     p, items, ratings = device["factor"].astype(np.float64), device["items"], device["ratings"]
     assert len(items) > 0
     for view in float_views(masked):
@@ -207,25 +346,14 @@ def _assert_masked_hides(reply: Message, logs: Path) -> bytes:
     return masked.tobytes()
 
 
-def test_dropouts_at_every_stage_and_an_aborted_round(tmp_path: Path) -> None:
-    """Round 1: one device fails at each stage, the round completes; round 2: too many fail at the
-    mask stage, the round aborts and the table stays as it was; round 3 runs normally."""
-    cfg = RunConfig.from_flat({**SMALL, "model.dim": 4, "rounds": 3, "eval-every": 5})
-    real = make_client_app()
-    flaky = ClientApp()
-    failing = {"1": {wire.MSG_SECAGG_SETUP: {0}, wire.MSG_SECAGG_SHARE: {1}, wire.MSG_SECAGG_MASK: {2},
-                     wire.MSG_SECAGG_UNMASK: {3}},
-               "2": {wire.MSG_SECAGG_MASK: set(range(14))}}
-
-    def handler(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        if pid in failing.get(msg.metadata.group_id, {}).get(msg.metadata.message_type, set()):
-            raise RuntimeError("device went offline")
-        return real(msg, context)
-
-    for stage in (wire.MSG_SECAGG_SETUP, wire.MSG_SECAGG_SHARE, wire.MSG_SECAGG_MASK, wire.MSG_SECAGG_UNMASK):
-        flaky.train(stage.split(".")[1])(handler)
-    flaky.evaluate()(handler)
+def test_dropouts_at_every_stage_and_an_aborted_round() -> None:
+    """Four-trip rounds. Round 1: one device refuses each stage, the round completes; round 2: too many
+    fail at the mask stage, the round aborts and the table stays as it was; round 3 runs normally."""
+    cfg = RunConfig.from_flat({**SMALL, "model.dim": 4, "rounds": 3, "eval-every": 5, "secagg.pipeline": False})
+    r1, r2 = protocol_round_id(1, prestarted=False), protocol_round_id(2, prestarted=False)
+    refuse = {(r1, wire.SECAGG_SETUP): {0}, (r1, wire.SECAGG_SHARE): {1}, (r1, wire.SECAGG_UNMASK): {3}}
+    flaky = refusing(make_client_app(), refuse=refuse,
+                     offline={("1", wire.SECAGG_MASK): {2}, ("2", wire.SECAGG_MASK): set(range(14))})
     box: dict[str, Any] = {}
 
     def main(grid: Grid, context: Context) -> None:
@@ -233,15 +361,103 @@ def test_dropouts_at_every_stage_and_an_aborted_round(tmp_path: Path) -> None:
         box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
 
     _simulate(main, flaky)
-    history = box["history"]
+    history, rec = box["history"], box["grid"]
     assert [r["survivors"] for r in history] == [N_DEVICES - 3, 0, N_DEVICES]
     assert [r["dropouts"] for r in history] == [3, N_DEVICES, 0]
-    tables = [m.content.array_records[wire.RECORD_GLOBAL] for m in box["grid"].sent
-              if m.metadata.message_type == wire.MSG_SECAGG_MASK]
-    by_round = {m.metadata.group_id: m.content.array_records[wire.RECORD_GLOBAL] for m in box["grid"].sent
-                if m.metadata.message_type == wire.MSG_SECAGG_MASK}
-    assert len(tables) == 3 * N_DEVICES - 2
+    assert rec.trips_per_group() == {"1": 4, "2": 3, "3": 4}
+    assert {round_of(m, s) for m in rec.sent for s in parts_of(m)} == {r1, r2, protocol_round_id(3, prestarted=False)}
+    refused = [errors_of(r) for r in rec.answered() if errors_of(r)]
+    assert sorted(s for e in refused for s in e) == [wire.SECAGG_SETUP, wire.SECAGG_SHARE, wire.SECAGG_UNMASK]
+    _assert_tables(rec, history, moved=("1", "2"), kept=("2", "3"), masks=3 * N_DEVICES - 2)
+
+
+def _assert_tables(rec: WireGrid, history: list[dict[str, Any]], *, moved: tuple[str, str], kept: tuple[str, str],
+                   masks: int) -> None:
+    tables = [m.content.array_records[wire.RECORD_GLOBAL] for m in rec.sent if wire.SECAGG_MASK in parts_of(m)]
+    by_round = {m.metadata.group_id: m.content.array_records[wire.RECORD_GLOBAL] for m in rec.sent
+                if wire.SECAGG_MASK in parts_of(m)}
+    assert len(tables) == masks
     for name in ("item_factors", "item_bias"):
-        assert not np.array_equal(by_round["1"][name].numpy(), by_round["2"][name].numpy())
-        np.testing.assert_array_equal(by_round["2"][name].numpy(), by_round["3"][name].numpy())
+        assert not np.array_equal(by_round[moved[0]][name].numpy(), by_round[moved[1]][name].numpy())
+        np.testing.assert_array_equal(by_round[kept[0]][name].numpy(), by_round[kept[1]][name].numpy())
     assert "rmse" in history[-1]
+
+
+def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCaptureFixture) -> None:
+    """Pipelined rounds with a fault in every part of both rounds.
+
+    Round 1 (own setup and share, then pre-starting round 2): one device refuses each of its four stages
+    and one each of round 2's setup and share, whose other part still counts; it completes with 21.
+    Round 2: 14 devices refuse the mask part, so it aborts (the table stays) while round 3's setup in the
+    same messages goes through. Round 3: one device is offline for the mask trip (losing round 4's setup
+    too) and 12 refuse round 4's setup, so round 4's pre-start aborts; round 3 completes with 23.
+    Round 4 runs its own four trips with everyone.
+    """
+    cfg = RunConfig.from_flat({**SMALL, "model.dim": 4, "rounds": 4, "eval-every": 5})
+    ids = {n: protocol_round_id(n, prestarted=n > 1) for n in (1, 2, 3)}
+    refuse = {(ids[1], wire.SECAGG_SETUP): {0}, (ids[1], wire.SECAGG_SHARE): {1}, (ids[1], wire.SECAGG_MASK): {2},
+              (ids[1], wire.SECAGG_UNMASK): {3}, (ids[2], wire.SECAGG_SETUP): {4}, (ids[2], wire.SECAGG_SHARE): {5},
+              (ids[2], wire.SECAGG_MASK): set(range(6, 20)),
+              (protocol_round_id(4, prestarted=True), wire.SECAGG_SETUP): set(range(12))}
+    flaky = refusing(make_client_app(), refuse=refuse, offline={("3", wire.SECAGG_MASK): {20}})
+    box: dict[str, Any] = {}
+
+    def main(grid: Grid, context: Context) -> None:
+        box["grid"] = WireGrid(grid)
+        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+
+    with caplog.at_level(logging.INFO, logger="fedrec"):
+        _simulate(main, flaky)
+    history, rec = box["history"], box["grid"]
+    assert [r["survivors"] for r in history] == [N_DEVICES - 3, 0, N_DEVICES - 1, N_DEVICES]
+    assert [r["dropouts"] for r in history] == [3, N_DEVICES, 1, 0]
+    assert rec.trips_per_group() == {"1": 4, "2": 2, "3": 2, "4": 4}
+    trip_a = [r for r in rec.answered() if r.metadata.group_id == "1" and wire.SECAGG_MASK in parts_of(r)]
+    mixed = [r for r in trip_a if wire.SECAGG_SETUP in errors_of(r)]
+    assert len(mixed) == 1 and wire.SECAGG_MASK in parts_of(mixed[0])  # its mask part still counted
+    assert "round 4: its pre-started setup and share aborted" in caplog.text
+    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=12 not met" in caplog.text
+    _assert_tables(rec, history, moved=("1", "2"), kept=("2", "3"), masks=22 + 22 + N_DEVICES + N_DEVICES)
+
+
+def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanly(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Poisson cohorts drawn by the privacy policy, pipelined; the budget stops the run before round 3,
+    whose pre-started setup and share are abandoned without any error.
+
+    The noise is calibrated for all 5 rounds, so the budget is made to run out after two accountant
+    steps: exactly the policy's stop, earlier.
+    """
+    from fedrec.server.privacy import ServerPrivacy
+
+    allows = ServerPrivacy.allows_next_round
+
+    def two_rounds_of_budget(self: ServerPrivacy) -> bool:
+        return allows(self) and self.policy.accountant.total_steps < 2  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(ServerPrivacy, "allows_next_round", two_rounds_of_budget)
+    cfg = RunConfig.from_flat({**SMALL, "model.dim": 4, "rounds": 5, "eval-every": 10, "dp.unit": "user",
+                               "dp.epsilon": 8.0, "dp.cohort-rate": 0.5, "dp.delta": 1e-3})
+    box: dict[str, Any] = {}
+
+    def main(grid: Grid, context: Context) -> None:
+        box["grid"] = WireGrid(grid)
+        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+
+    with caplog.at_level(logging.INFO, logger="fedrec"):
+        _simulate(main, make_client_app())
+    history, rec = box["history"], box["grid"]
+    assert [r["round"] for r in history] == [1, 2]
+    assert all(r["dp_unit"] == "user" and 0 < r["epsilon"] <= cfg.dp.epsilon for r in history)
+    assert all(0 < r["sampled"] < N_DEVICES and r["survivors"] == r["sampled"] for r in history)
+    setups = {round_of(m, wire.SECAGG_SETUP): len(m.content.config_records[wire.secagg_record(wire.SECAGG_SETUP)]
+                                                   ["participants"]) for m in rec.sent
+              if wire.SECAGG_SETUP in parts_of(m)}
+    masks = {round_of(m, wire.SECAGG_MASK) for m in rec.sent if wire.SECAGG_MASK in parts_of(m)}
+    assert setups[protocol_round_id(1, prestarted=False)] == history[0]["sampled"]
+    assert setups[protocol_round_id(2, prestarted=True)] == history[1]["sampled"]
+    assert protocol_round_id(3, prestarted=True) in setups and protocol_round_id(3, prestarted=True) not in masks
+    assert rec.trips_per_group() == {"1": 4, "2": 2}
+    assert "pre-started secure aggregation (id 6) abandoned" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("fedrec")]
+    assert not any(r.has_error() or errors_of(r) for r in rec.of_type(wire.MSG_SECAGG))
