@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from secagg_helpers import stored, wire
 
 from fedrec.errors import SecAggAbort, SecAggError
 from fedrec.secagg import (
@@ -43,27 +43,6 @@ from fedrec.wire import (
 N_ITEMS, DIM = 7, 3
 IDS = [3, 11, 12, 25, 40, 41, 77, 90]
 STAGE_OF = dict(zip(STAGES, WIRE_STAGES, strict=True))
-
-
-def wire(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A payload as it comes out of a record: plain values only, nothing shared with the sender."""
-    check_payload(payload)
-    out: dict[str, Any] = {}
-    for key, value in payload.items():
-        if isinstance(value, np.ndarray):
-            buffer = io.BytesIO()
-            np.save(buffer, value, allow_pickle=False)
-            buffer.seek(0)
-            out[key] = np.load(buffer, allow_pickle=False)
-        elif isinstance(value, list):
-            out[key] = [type(v)(v) for v in value]
-        else:
-            out[key] = value
-    return out
-
-
-def stored(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {key: np.array(value, copy=True) for key, value in state.items()}
 
 
 def make_updates(ids: list[int], seed: int) -> dict[int, dict[str, np.ndarray]]:

@@ -7,14 +7,16 @@ answered, refused or lost on its own, and a whole message may be lost.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
+import secagg_helpers
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from secagg_helpers import stored
 
 from fedrec.errors import SecAggAbort
 from fedrec.secagg import (
@@ -41,29 +43,10 @@ from fedrec.secagg.simulate import STAGES, Stage, run_round
 from fedrec.secagg.state import PREFIX, last_round, live_rounds, stored_stage
 from fedrec.wire import SECAGG_MASK, SECAGG_SETUP, SECAGG_SHARE, SECAGG_STAGES, SECAGG_UNMASK
 
+wire = partial(secagg_helpers.wire, check=False)
 N_ITEMS, DIM = 5, 2
 IDS = [3, 11, 12, 25, 40, 41, 77, 90]
 CORE_STAGE: dict[str, Stage] = dict(zip(SECAGG_STAGES, STAGES, strict=True))
-
-
-def wire(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A payload as a record gives it back: plain values, nothing shared with the sender."""
-    out: dict[str, Any] = {}
-    for key, value in payload.items():
-        if isinstance(value, np.ndarray):
-            buffer = io.BytesIO()
-            np.save(buffer, value, allow_pickle=False)
-            buffer.seek(0)
-            out[key] = np.load(buffer, allow_pickle=False)
-        elif isinstance(value, list):
-            out[key] = list(value)
-        else:
-            out[key] = value
-    return out
-
-
-def stored(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {key: np.array(value, copy=True) for key, value in state.items()}
 
 
 def update(number: int, node: int) -> dict[str, np.ndarray]:
