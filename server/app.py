@@ -45,5 +45,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(dict(context.run_config))
-    run_dir = Path(str(context.run_config.get("run-dir", "runs/flwr")))
-    run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir)
+    run_server(grid, cfg, catalogue_for(cfg), run_dir=Path(cfg.run_dir))

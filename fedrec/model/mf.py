@@ -57,8 +57,8 @@ class MFConfig:
 
     kind: ModelKind = "explicit"
     dim: int = 32
-    reg: float = 0.1
-    bias_reg: float = 0.1
+    reg: float = 0.12
+    bias_reg: float = 0.12
     init_std: float = 0.1
     negatives: int = 4
     loss: str = "logistic"
