@@ -175,7 +175,7 @@ def min_survivors(cfg: RunConfig, population: int) -> int | None:
         return None
     given = cfg.flat.get(MIN_SURVIVORS_KEY)
     if given is not None:
-        return _get(cfg.flat, MIN_SURVIVORS_KEY, int)  # type: ignore[no-any-return]
+        return int(_get(cfg.flat, MIN_SURVIVORS_KEY, int))
     if cfg.secagg.enabled:
         return int(cfg.secagg.threshold)
     return max(1, math.floor(cfg.dp.cohort_rate * population))

@@ -109,7 +109,7 @@ class ServerState:
         output whatever the cohort was.
         """
         if sums.n_clients > 0 or expected_clients is not None:
-            dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]
+            dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]  # str checked by FedConfig
                                      expected_clients=expected_clients)
             self.glob = self.optimizer.apply(self.glob, dq, db)
         self.round += 1
