@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opacus.accountants import RDPAccountant
+from testkit import opacus_epsilon
 
 from fedrec import wire
 from fedrec.data.interactions import Dataset
@@ -33,13 +33,7 @@ LOCAL = LocalConfig(steps=5, lr=0.1)
 
 
 def _opacus_epsilon(phases: list[tuple[float, float, int]], delta: float = DELTA) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        accountant = RDPAccountant()
-        for sigma, q, steps in phases:
-            for _ in range(steps):
-                accountant.step(noise_multiplier=sigma, sample_rate=q)
-        return float(accountant.get_epsilon(delta=delta))
+    return opacus_epsilon(phases, delta)
 
 
 def _source(dataset: Dataset, user: int = 0) -> PartitionSource:
