@@ -5,8 +5,9 @@ when Opacus changes; these compare with numbers measured once (Opacus 1.5 line,
 this repository's calibration) and fail if an epsilon moves by more than 1e-6
 relative. A calibrated noise multiplier is pinned to 0.5%: the calibrator
 warm-starts from the calibrations it solved before in the process, so its
-answer varies inside the contract's epsilon tolerance with what ran earlier. If an upgrade is intended, re-measure, say why in the commit, and
-update the constants.
+answer varies inside the contract's epsilon tolerance with what ran earlier.
+If an upgrade is intended, re-measure, say why in the commit, and update the
+constants.
 """
 
 from __future__ import annotations
