@@ -1,7 +1,7 @@
 """Pinned epsilons and noise multipliers: a dependency upgrade that moves a guarantee fails here.
 
 The other accounting tests compare fedrec with Opacus, so they move together
-when Opacus changes; these compare with numbers measured once (Opacus 1.5 line,
+when Opacus changes; these compare with numbers measured once (Opacus 1.6.0,
 this repository's calibration) and fail if an epsilon moves by more than 1e-6
 relative. A calibrated noise multiplier is pinned to 0.5%: the calibrator
 warm-starts from the calibrations it solved before in the process, so its
