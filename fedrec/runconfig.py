@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Scalar] = {
     "model.neg-weight": 4.0,
     "model.recency-boost": 0.0,
     "model.recency-scale": 5.0,
+    "model.confidence": 10.0,
     "local.steps": 10,
     "local.lr": 0.05,
     "local.user-lr": 0.05,
@@ -268,7 +269,8 @@ def _model(flat: Mapping[str, Scalar]) -> MFConfig:
                     negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str),
                     neg_weight=_get(flat, "model.neg-weight", float),
                     recency_boost=_get(flat, "model.recency-boost", float),
-                    recency_scale=_get(flat, "model.recency-scale", float))
+                    recency_scale=_get(flat, "model.recency-scale", float),
+                    confidence=_get(flat, "model.confidence", float))
 
 
 def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
