@@ -30,6 +30,7 @@ from fedrec.train.aggregate import (
     ServerOptConfig,
     ServerOptimizer,
     pseudo_gradient,
+    wrmf_direction,
 )
 from fedrec.train.local import LocalConfig, LocalUpdate, local_update
 
@@ -106,12 +107,15 @@ class ServerState:
     averaging: str = "item"
     round: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    wrmf_reg: float | None = None
+    """Set for ``model.loss = "wrmf"``: the item step is :func:`wrmf_direction` with this ``reg``."""
 
     @classmethod
     def start(cls, n_items: int, model: MFConfig, fed: FedConfig, *, global_mean: float) -> ServerState:
         glob = GlobalParams.init(n_items, model.dim, init_std=model.init_std, global_mean=global_mean,
                                  seed=fed.seed)
-        return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed))
+        wrmf = model.reg if model.kind == "implicit" and model.loss == "wrmf" else None
+        return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed), wrmf)
 
     def apply(self, sums: RoundSums, *, expected_clients: float | None = None) -> GlobalParams:
         """Move the table by one round's sums and count the round.
@@ -120,7 +124,11 @@ class ServerState:
         the expected cohort: under user-level DP the noisy sum is the released
         output whatever the cohort was.
         """
-        if sums.n_clients > 0 or expected_clients is not None:
+        if self.wrmf_reg is not None:
+            if sums.n_clients > 0:
+                dq = wrmf_direction(self.glob, sums, reg=self.wrmf_reg)
+                self.glob = self.optimizer.apply(self.glob, dq, np.zeros_like(self.glob.item_bias))
+        elif sums.n_clients > 0 or expected_clients is not None:
             dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]
                                      expected_clients=expected_clients)
             self.glob = self.optimizer.apply(self.glob, dq, db)
@@ -140,11 +148,13 @@ def prior_mean(scale: tuple[float, float] | None) -> float:
 
 def client_round(glob: GlobalParams, local: LocalParams | None, items: np.ndarray, ratings: np.ndarray, *,
                  model: MFConfig, config: LocalConfig, rng: np.random.Generator,
-                 timestamps: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
+                 timestamps: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
     """One device's contribution: train locally, return (dense update, new LOCAL state)."""
     if local is None:
         local = initial_local(model, rng)
-    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng, timestamps=timestamps)
+    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng, timestamps=timestamps,
+                        weights=weights)
 
 
 def initial_local(model: MFConfig, rng: np.random.Generator) -> LocalParams:
@@ -235,13 +245,14 @@ def run_reference(dataset: Dataset, model: MFConfig, fed: FedConfig, *,
             break
         cohort = policy.cohort(users, size, state.rng)
         sums = _zero_sums(state.glob)
+        extra: dict[str, np.ndarray] = {}
         device_metrics = []
         for u in cohort:
             out = device_train(sources[u], devices.setdefault(u, {}), state.glob, model=model, local=fed.local,
                                seed=fed.seed, round_=rnd, privacy=privacy, user_offset=u, seeded_noise=True)
-            _accumulate(sums, out.update)
+            _accumulate(sums, out.update, extra)
             device_metrics.append(out.metrics)
-        noisy, expected = policy.finish_round(RoundSums(sums[0], sums[1], sums[2], len(cohort)), state.rng)
+        noisy, expected = policy.finish_round(RoundSums(sums[0], sums[1], sums[2], len(cohort), extra), state.rng)
         state.apply(noisy, expected_clients=expected)
         report = policy.report(device_metrics)
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
@@ -255,7 +266,9 @@ def _zero_sums(glob: GlobalParams) -> list[np.ndarray]:
     return [np.zeros_like(glob.item_factors), np.zeros_like(glob.item_bias), np.zeros(glob.n_items, np.float32)]
 
 
-def _accumulate(sums: list[np.ndarray], update: LocalUpdate) -> None:
+def _accumulate(sums: list[np.ndarray], update: LocalUpdate, extra: dict[str, np.ndarray]) -> None:
     sums[0] += update.item_factors
     sums[1] += update.item_bias
     sums[2] += update.counts
+    for name, arr in update.extra.items():
+        extra[name] = extra[name] + arr if name in extra else arr.astype(np.float64)

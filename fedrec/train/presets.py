@@ -26,6 +26,15 @@ CENTRAL_PRESETS: dict[str, CentralConfig] = {
     "R1": CentralConfig(epochs=40, lr=0.01, batch_size=512),
 }
 
+# The ALS trainers (fedrec.train.als), chosen on the same validation splits (python -m
+# simulations.tune_e1 --als; python -m simulations.tune_implicit). E1: biased MF by ALS; R1: the
+# weighted full-catalogue implicit loss ("wrmf"), whose negatives are the whole catalogue.
+ALS_PRESETS: dict[str, tuple[MFConfig, CentralConfig]] = {
+    "E1": (MFConfig(kind="explicit", dim=64, reg=0.14, bias_reg=0.12), CentralConfig(epochs=15, solver="als")),
+    "R1": (MFConfig(kind="implicit", loss="wrmf", dim=64, reg=1.0, confidence=10.0, recency_boost=4.0,
+                    recency_scale=5.0), CentralConfig(epochs=15, solver="als")),
+}
+
 FED_PRESETS: dict[str, FedConfig] = {
     "R1": FedConfig(rounds=140, cohort=1.0, averaging="item", eval_every=20,
                     local=LocalConfig(steps=2, lr=0.6, user_lr=1.0, fold_in=False),
