@@ -146,7 +146,18 @@ class RunConfig:
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
                   min_clients=_int(flat, "min-clients", low=1))
         check_config(cfg)
+        _check_wrmf(cfg)
         return cfg
+
+
+def _check_wrmf(cfg: RunConfig) -> None:
+    """``model.loss = "wrmf"`` sends two extra summed segments that DP and secure aggregation do not cover yet."""
+    if cfg.model.kind != "implicit" or cfg.model.loss != "wrmf":
+        return
+    if cfg.secagg.enabled or cfg.dp.unit != "off":
+        raise ConfigError("model.loss: 'wrmf' sends p p^T and a curvature sum that the secure-aggregation layout "
+                          "and the DP clip do not cover yet; set secagg.enabled = false and dp.unit = \"off\", "
+                          "or use model.loss = \"logistic\"")
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:

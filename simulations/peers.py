@@ -77,16 +77,19 @@ def implicit_als(train: Interactions, *, factors: int, regularization: float, al
                  weights: np.ndarray | None = None, seed: int = 0) -> PeerFit:
     """implicit's CPU ``AlternatingLeastSquares`` (conjugate gradient, one thread) on the user x item matrix.
 
-    ``weights`` (default 1 per interaction) are the matrix's values, which
-    implicit turns into confidence ``1 + alpha * value``.
+    implicit 0.7 takes an interaction's confidence to be ``alpha * value``
+    (not ``1 + alpha * value``), so the matrix holds ``1 + alpha * w`` and
+    implicit's own ``alpha`` is 1: the confidence of fedrec's ``"wrmf"`` with
+    ``model.confidence = alpha`` and the same weights ``w`` (default 1), hence
+    the same objective.
     """
     import scipy.sparse as sp
     from implicit.cpu.als import AlternatingLeastSquares
 
-    values = np.ones(len(train)) if weights is None else np.asarray(weights, np.float64)
-    matrix = sp.csr_matrix((values.astype(np.float32), (train.users, train.items)),
+    w = np.ones(len(train)) if weights is None else np.asarray(weights, np.float64)
+    matrix = sp.csr_matrix(((1.0 + alpha * w).astype(np.float32), (train.users, train.items)),
                            shape=(train.n_users, train.n_items))
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
                                     iterations=iterations, num_threads=1, random_state=seed,
                                     calculate_training_loss=False)
     start = time.perf_counter()

@@ -88,7 +88,7 @@ def grid(quick: bool, iterations: int) -> list[Candidate]:
     if quick:
         return [Candidate(64, 1.0, 10.0, 0.0), Candidate(64, 1.0, 10.0, 4.0)]
     return [Candidate(64, reg, alpha, boost)
-            for reg, alpha, boost in itertools.product((0.1, 1.0, 10.0), (2.0, 10.0, 40.0), (0.0, 4.0))]
+            for reg, alpha, boost in itertools.product((0.1, 1.0, 10.0), (1.0, 3.0, 10.0), (0.0, 4.0))]
 
 
 def scores(metrics: dict[str, float]) -> Scores:

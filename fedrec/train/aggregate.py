@@ -83,7 +83,7 @@ def wrmf_direction(glob: GlobalParams, sums: RoundSums, *, reg: float) -> np.nda
     grad = q @ gram - np.asarray(sums.item_factors, np.float64) + reg * q
     eigval, eigvec = np.linalg.eigh((gram + gram.T) / 2)
     shift = reg + np.asarray(sums.extra[ARRAY_ITEM_CURVATURE], np.float64) / d
-    step = ((grad @ eigvec) / (np.maximum(eigval, 0.0)[None, :] + shift[:, None] + 1e-12)) @ eigvec.T
+    step: np.ndarray = ((grad @ eigvec) / (np.maximum(eigval, 0.0)[None, :] + shift[:, None] + 1e-12)) @ eigvec.T
     return -step
 
 

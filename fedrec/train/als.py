@@ -139,8 +139,10 @@ class _Side:
         return cls(torch.from_numpy(crow), torch.from_numpy(c), sums, shape)
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
-        """The CSR matrix with this pattern and ``values``."""
-        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape)
+        """The CSR matrix with this pattern and ``values`` (torch's beta-state warning silenced)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape)
 
     def dots(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``left[row] . right[col]`` at every stored entry, in CSR order (no dense intermediate)."""
