@@ -52,9 +52,9 @@ def federated_test(full: Dataset, cand: Candidate, lr: float, rounds: int) -> di
 
 
 def bench(dataset: str, data_dir: str, *, quick: bool, iterations: int, rounds: int, sampled: bool,
-          say: Any) -> dict[str, Any]:
+          say: Any, lrs: tuple[float, ...] = (0.6, 1.0)) -> dict[str, Any]:
     choice = tune(dataset, data_dir, quick=quick, iterations=iterations, rounds=rounds, sampled=sampled,
-                  federated=True, say=say)
+                  federated=True, say=say, lrs=lrs)
     full = load(dataset, data_dir)
     out: dict[str, Any] = {"dataset": dataset, "choice": choice, "test": {}}
     if choice["fedrec"]["loss"] == "wrmf":
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, ""))
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--server-lrs", default="0.6,1.0", help="federated server step sizes to try")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sampled", action="store_true", help="also the sampled-negative model as a candidate")
     parser.add_argument("--json", action="store_true")
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     names = DATASETS if args.dataset == "all" else (args.dataset,)
     say = (lambda line: None) if args.json else print
     results = [bench(n, args.data_dir, quick=args.quick, iterations=args.iterations, rounds=args.rounds,
-                     sampled=args.sampled, say=say) for n in names]
+                     sampled=args.sampled, say=say, lrs=tuple(float(x) for x in args.server_lrs.split(",")))
+               for n in names]
     if args.json:
         print(json.dumps({"results": results, "missing_peers": peers.missing()}))
         return 0

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 Scores = tuple[float, float]
 
 #: A long-tailed implicit catalogue of 20,000 items (generated, never stored).
-SYNTHETIC_20K = SyntheticConfig(n_users=3000, n_items=20_000, rank=16, mean_interactions=40.0, min_interactions=5,
+SYNTHETIC_20K = SyntheticConfig(n_users=2000, n_items=20_000, rank=16, mean_interactions=40.0, min_interactions=5,
                                 zipf_exponent=1.0, implicit=True, seed=0)
 DATASETS = ("ml-100k", "synthetic-20k")
 
@@ -156,11 +156,12 @@ def fed_config(lr: float, rounds: int, every: int) -> FedConfig:
     return FedConfig(rounds=rounds, cohort=1.0, eval_every=every, server=ServerOptConfig(name="sgd", lr=lr))
 
 
-def tune_federated(tune: Dataset, model: MFConfig, quick: bool, rounds: int, say: Report) -> dict[str, Any]:
+def tune_federated(tune: Dataset, model: MFConfig, lrs: tuple[float, ...], rounds: int,
+                   say: Report) -> dict[str, Any]:
     """Server step size x rounds (every evaluated round a candidate) on validation."""
     points: list[tuple[Scores, tuple[float, int]]] = []
     every = max(rounds // 4, 1)
-    for lr in ((0.6,) if quick else (0.6, 1.0)):
+    for lr in lrs:
         start = time.perf_counter()
         history = run_reference(tune, model, fed_config(lr, rounds, every))[1]
         per_round = (time.perf_counter() - start) / rounds
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, ""))
     parser.add_argument("--iterations", type=int, default=15, help="ALS sweeps, both libraries")
     parser.add_argument("--rounds", type=int, default=12, help="federated rounds to tune over")
+    parser.add_argument("--server-lrs", default="0.6,1.0", help="federated server step sizes to try")
     parser.add_argument("--quick", action="store_true", help="a 2-point grid, one server step size")
     parser.add_argument("--sampled", action="store_true", help="also the sampled-negative R1 preset (slow)")
     parser.add_argument("--skip-federated", action="store_true")
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = tune(args.dataset, args.data_dir, quick=args.quick, iterations=args.iterations, rounds=args.rounds,
                   sampled=args.sampled, federated=not args.skip_federated,
+                  lrs=tuple(float(x) for x in args.server_lrs.split(",")),
                   say=(lambda line: None) if args.json else print)
     if args.json:
         print(json.dumps(result))
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tune(dataset: str, data_dir: str, *, quick: bool, iterations: int, rounds: int, sampled: bool,
-         federated: bool, say: Report) -> dict[str, Any]:
+         federated: bool, say: Report, lrs: tuple[float, ...] = (0.6, 1.0)) -> dict[str, Any]:
     """The whole search on ``dataset``'s validation split."""
     tune_data = validation(load(dataset, data_dir))
     say(f"{dataset}: validation grid ({iterations} ALS sweeps each)")
@@ -205,7 +208,7 @@ def tune(dataset: str, data_dir: str, *, quick: bool, iterations: int, rounds: i
     if federated and result["fedrec"]["loss"] == "wrmf":
         model = Candidate(**result["fedrec"]["candidate"]).fedrec_model()
         say("federated wrmf (reference loop, all devices every round), validation:")
-        result["federated"] = tune_federated(tune_data, model, quick, rounds, say)
+        result["federated"] = tune_federated(tune_data, model, lrs[:1] if quick else lrs, rounds, say)
     return result
 
 
