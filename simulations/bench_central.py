@@ -29,8 +29,12 @@ from typing import Any  # noqa: E402
 from fedrec.data.interactions import Dataset  # noqa: E402
 from fedrec.data.registry import DATA_DIR_ENV, load_dataset  # noqa: E402
 from fedrec.metrics.evaluate import evaluate  # noqa: E402
-from fedrec.train.central import train_central  # noqa: E402
-from fedrec.train.presets import ALS_PRESETS, CENTRAL_PRESETS, MODEL_PRESETS  # noqa: E402
+from fedrec.runconfig import protocol_preset  # noqa: E402
+from fedrec.train.central import (  # noqa: E402
+    ALS_PRESETS,
+    CENTRAL_PRESETS,
+    train_central,  # noqa: E402
+)
 from simulations import peers  # noqa: E402
 
 #: implicit's ALS on ML-100K R1, chosen by ``simulations.tune_implicit`` on validation.
@@ -59,7 +63,7 @@ def e1_rows(data_dir: str, repeats: int, sgd: bool) -> list[Row]:
     model, trainer = ALS_PRESETS["E1"]
     rows = [_fedrec_row(data, "E1", f"biased MF, ALS, dim {model.dim}", model, trainer, repeats)]
     if sgd:
-        rows.append(_fedrec_row(data, "E1", "biased MF, SGD (E1 preset)", MODEL_PRESETS["E1"],
+        rows.append(_fedrec_row(data, "E1", "biased MF, SGD (E1 preset)", protocol_preset("E1").model,
                                 CENTRAL_PRESETS["E1"], 1))
     if "scikit-surprise" in peers.missing():
         return rows
@@ -77,7 +81,7 @@ def r1_rows(data_dir: str, repeats: int, sgd: bool) -> list[Row]:
     model, trainer = ALS_PRESETS["R1"]
     rows = [_fedrec_row(data, "R1", f"wrmf (full catalogue), ALS, dim {model.dim}", model, trainer, repeats)]
     if sgd:
-        rows.append(_fedrec_row(data, "R1", "sampled logistic, SGD (R1 preset)", MODEL_PRESETS["R1"],
+        rows.append(_fedrec_row(data, "R1", "sampled logistic, SGD (R1 preset)", protocol_preset("R1").model,
                                 CENTRAL_PRESETS["R1"], 1))
     if "implicit" in peers.missing():
         return rows

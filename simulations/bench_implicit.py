@@ -28,7 +28,7 @@ from typing import Any  # noqa: E402
 
 from fedrec.data.interactions import Dataset  # noqa: E402
 from fedrec.data.registry import DATA_DIR_ENV  # noqa: E402
-from fedrec.train.federated import run_reference  # noqa: E402
+from fedrec.federated.reference import run_reference  # noqa: E402
 from simulations import peers  # noqa: E402
 from simulations.tune_implicit import (  # noqa: E402
     DATASETS,

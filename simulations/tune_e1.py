@@ -20,13 +20,13 @@ import time
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.data.splits import validation_split
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig
 from fedrec.train.aggregate import ServerOptConfig
-from fedrec.train.central import CentralConfig, train_central
-from fedrec.train.federated import FedConfig, run_reference
+from fedrec.train.central import ALS_PRESETS, CentralConfig, train_central
 from fedrec.train.local import LocalConfig
-from fedrec.train.presets import ALS_PRESETS
 
 
 def central_rmse(data: Dataset, model: MFConfig, trainer: CentralConfig) -> float:

@@ -37,13 +37,14 @@ from fedrec.data.interactions import Dataset  # noqa: E402
 from fedrec.data.registry import DATA_DIR_ENV, load_dataset  # noqa: E402
 from fedrec.data.splits import leave_last_out  # noqa: E402
 from fedrec.data.synthetic import SyntheticConfig  # noqa: E402
+from fedrec.federated.reference import run_reference  # noqa: E402
+from fedrec.federated.server_state import FedConfig  # noqa: E402
 from fedrec.metrics.evaluate import evaluate  # noqa: E402
 from fedrec.model.mf import MFConfig  # noqa: E402
+from fedrec.runconfig import protocol_preset  # noqa: E402
 from fedrec.train.aggregate import ServerOptConfig  # noqa: E402
 from fedrec.train.als import confidence_weights  # noqa: E402
-from fedrec.train.central import CentralConfig, train_central  # noqa: E402
-from fedrec.train.federated import FedConfig, run_reference  # noqa: E402
-from fedrec.train.presets import CENTRAL_PRESETS, MODEL_PRESETS  # noqa: E402
+from fedrec.train.central import CENTRAL_PRESETS, CentralConfig, train_central  # noqa: E402
 from simulations import peers  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def implicit_central(data: Dataset, cand: Candidate, iterations: int) -> tuple[S
 def sampled_central(data: Dataset) -> tuple[Scores, float]:
     """The sampled-negative model and trainer of the R1 presets (fedrec's other implicit candidate)."""
     start = time.perf_counter()
-    fitted = train_central(data.train, MODEL_PRESETS["R1"], CENTRAL_PRESETS["R1"])
+    fitted = train_central(data.train, protocol_preset("R1").model, CENTRAL_PRESETS["R1"])
     seconds = time.perf_counter() - start
     return scores(evaluate(data, "R1", predict=fitted.predict, score_block=fitted.score_block)), seconds
 
@@ -147,7 +148,7 @@ def tune_central(tune: Dataset, quick: bool, iterations: int, sampled: bool, say
         say(f"  sampled logistic (R1 presets): hr@10 {s[0]:.4f} ndcg@10 {s[1]:.4f} ({t:.1f}s)")
         out["sampled"] = {"validation": {"hr@10": s[0], "ndcg@10": s[1]}}
         if s > best(runs["fedrec"])[0]:
-            out["fedrec"]["loss"] = MODEL_PRESETS["R1"].loss
+            out["fedrec"]["loss"] = protocol_preset("R1").model.loss
     return out
 
 

@@ -56,6 +56,25 @@ class CentralConfig:
             raise ConfigError(f"train.lr-decay: must be in (0, 1], got {self.lr_decay}")
 
 
+#: Trainer settings per protocol, chosen on validation splits carved from the training data (never on
+#: test items; ``python -m simulations.tune_e1`` / ``tune_r1``, README "How the defaults were chosen").
+#: The model's own settings are the run configuration's (:data:`fedrec.runconfig.PROTOCOL_PRESETS`).
+CENTRAL_PRESETS: dict[str, CentralConfig] = {
+    "E1": CentralConfig(epochs=60, lr=0.005, batch_size=512),
+    "R1": CentralConfig(epochs=40, lr=0.01, batch_size=512),
+}
+
+
+# The ALS trainers (fedrec.train.als) with their models, chosen on the same validation splits
+# (python -m simulations.tune_e1 --als; python -m simulations.tune_implicit). E1: biased MF by ALS;
+# R1: the weighted full-catalogue implicit loss ("wrmf"), whose negatives are the whole catalogue.
+ALS_PRESETS: dict[str, tuple[MFConfig, CentralConfig]] = {
+    "E1": (MFConfig(kind="explicit", dim=64, reg=0.14, bias_reg=0.12), CentralConfig(epochs=15, solver="als")),
+    "R1": (MFConfig(kind="implicit", loss="wrmf", dim=64, reg=1.0, confidence=10.0, recency_boost=4.0,
+                    recency_scale=5.0), CentralConfig(epochs=15, solver="als")),
+}
+
+
 def train_central(train: Interactions, model: MFConfig, trainer: CentralConfig | None = None,
                   *, progress: ProgressFn | None = None, weights: np.ndarray | None = None) -> MFModel:
     """Fit a model on all of ``train``; returns GLOBAL and LOCAL parameters together.

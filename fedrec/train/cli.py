@@ -21,8 +21,8 @@ import numpy as np
 from fedrec.data.registry import DATA_DIR_ENV, DATASET_NAMES, load_dataset
 from fedrec.errors import FedRecError
 from fedrec.metrics.evaluate import baseline_metrics, evaluate
-from fedrec.train.central import train_central
-from fedrec.train.presets import ALS_PRESETS, CENTRAL_PRESETS, MODEL_PRESETS
+from fedrec.runconfig import protocol_preset
+from fedrec.train.central import ALS_PRESETS, CENTRAL_PRESETS, train_central
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, trainer = ((MODEL_PRESETS[args.protocol], CENTRAL_PRESETS[args.protocol]) if args.solver == "sgd"
-                      else ALS_PRESETS[args.protocol])
+    model, trainer = ((protocol_preset(args.protocol).model, CENTRAL_PRESETS[args.protocol])
+                      if args.solver == "sgd" else ALS_PRESETS[args.protocol])
     model = dataclasses.replace(model, **_given(dim=args.dim, reg=args.reg))
     trainer = dataclasses.replace(trainer, seed=args.seed, **_given(epochs=args.epochs, lr=args.lr))
     folds = [1, 2, 3, 4, 5] if args.fold == "all" else [args.fold]

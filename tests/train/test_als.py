@@ -11,6 +11,8 @@ import torch
 
 from fedrec.data.interactions import Dataset, Interactions
 from fedrec.errors import ConfigError
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig, ServerState
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams, LocalParams
@@ -18,7 +20,6 @@ from fedrec.runconfig import RunConfig
 from fedrec.train.aggregate import RoundSums, ServerOptConfig
 from fedrec.train.als import ALSConfig, _biased_half, _sides, train_als, wrmf_solve
 from fedrec.train.central import CentralConfig, train_central
-from fedrec.train.federated import FedConfig, ServerState, run_reference
 from fedrec.train.foldin import fold_in
 from fedrec.train.local import LocalConfig, local_update
 from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM
