@@ -5,7 +5,7 @@ against Surprise's ``SVD`` with its defaults. R1 (ML-100K leave-last-out,
 HR@10 / NDCG@10): fedrec's full-catalogue implicit model by ALS
 (``ALS_PRESETS["R1"]``) against implicit's ``AlternatingLeastSquares`` with
 the settings its own validation grid chose (:data:`IMPLICIT_R1`, from
-``simulations.tune_implicit``). ``--sgd`` adds fedrec's SGD trainers with the
+``simulations.tune_implicit``, with the same recency weights as values). ``--sgd`` adds fedrec's SGD trainers with the
 protocol presets (the slower reference). Fit times are medians over
 ``--repeats`` fits, one thread each; the ratio column divides by the peer's
 time from the same run. ``--json`` prints exactly one JSON object.
@@ -24,12 +24,14 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 from fedrec.data.interactions import Dataset  # noqa: E402
 from fedrec.data.registry import DATA_DIR_ENV, load_dataset  # noqa: E402
 from fedrec.metrics.evaluate import evaluate  # noqa: E402
 from fedrec.runconfig import protocol_preset  # noqa: E402
+from fedrec.train.als import confidence_weights  # noqa: E402
 from fedrec.train.central import (  # noqa: E402
     ALS_PRESETS,
     CENTRAL_PRESETS,
@@ -38,7 +40,7 @@ from fedrec.train.central import (  # noqa: E402
 from simulations import peers  # noqa: E402
 
 #: implicit's ALS on ML-100K R1, chosen by ``simulations.tune_implicit`` on validation.
-IMPLICIT_R1: dict[str, Any] = {"factors": 64, "regularization": 1.0, "alpha": 10.0, "iterations": 15}
+IMPLICIT_R1: dict[str, Any] = {"factors": 64, "regularization": 10.0, "alpha": 3.0, "iterations": 15}
 
 Row = dict[str, Any]
 
@@ -85,7 +87,8 @@ def r1_rows(data_dir: str, repeats: int, sgd: bool) -> list[Row]:
                                 CENTRAL_PRESETS["R1"], 1))
     if "implicit" in peers.missing():
         return rows
-    fits = [peers.implicit_als(data.train, **IMPLICIT_R1) for _ in range(repeats)]
+    weights = confidence_weights(data.train, replace(model, recency_boost=4.0))
+    fits = [peers.implicit_als(data.train, **IMPLICIT_R1, weights=weights) for _ in range(repeats)]
     fit = fits[-1]
     rows.append({"protocol": "R1", "library": "implicit", "model": "AlternatingLeastSquares",
                  "fit_s": statistics.median(f.seconds for f in fits),
