@@ -102,6 +102,7 @@ class RunConfig:
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
                   min_clients=_int(flat, "min-clients", low=1), run_dir=_get(flat, "run-dir", str))
         _check_privacy(cfg)
+        _check_wrmf(cfg)
         return cfg
 
     def privacy_plan(self) -> PrivacyPlan:
@@ -143,7 +144,8 @@ KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
     "seed": (FedConfig, "seed"), "round-timeout": (RunConfig, "round_timeout"), "run-dir": (RunConfig, "run_dir"),
     "min-clients": (RunConfig, "min_clients"),
     **{f"model.{name.replace('_', '-')}": (MFConfig, name) for name in
-       ("dim", "reg", "bias_reg", "init_std", "negatives", "loss", "neg_weight", "recency_boost", "recency_scale")},
+       ("dim", "reg", "bias_reg", "init_std", "negatives", "loss", "neg_weight", "recency_boost", "recency_scale",
+        "confidence")},
     **{f"local.{name.replace('_', '-')}": (LocalConfig, name) for name in ("steps", "lr", "user_lr", "fold_in")},
     "strategy.averaging": (FedConfig, "averaging"), "strategy.optimizer": (ServerOptConfig, "name"),
     "strategy.server-lr": (ServerOptConfig, "lr"),
@@ -236,6 +238,16 @@ def _check_privacy(cfg: RunConfig) -> None:
 def protocol_preset(protocol: str) -> RunConfig:
     """The run configuration of ``protocol`` with nothing overridden (its model is the centralized trainer's too)."""
     return RunConfig.from_flat({"protocol": protocol})
+
+
+def _check_wrmf(cfg: RunConfig) -> None:
+    """``model.loss = "wrmf"`` sends two extra summed segments that DP and secure aggregation do not cover yet."""
+    if cfg.model.kind != "implicit" or cfg.model.loss != "wrmf":
+        return
+    if cfg.secagg.enabled or cfg.dp.unit != "off":
+        raise ConfigError("model.loss: 'wrmf' sends p p^T and a curvature sum that the secure-aggregation layout "
+                          "and the DP clip do not cover yet; set secagg.enabled = false and dp.unit = \"off\", "
+                          "or use model.loss = \"logistic\"")
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -358,7 +370,8 @@ def _model(flat: Mapping[str, Scalar]) -> MFConfig:
                     negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str),
                     neg_weight=_get(flat, "model.neg-weight", float),
                     recency_boost=_get(flat, "model.recency-boost", float),
-                    recency_scale=_get(flat, "model.recency-scale", float))
+                    recency_scale=_get(flat, "model.recency-scale", float),
+                    confidence=_get(flat, "model.confidence", float))
 
 
 def _fed(flat: Mapping[str, Scalar]) -> FedConfig:

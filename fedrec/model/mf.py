@@ -18,7 +18,7 @@ from fedrec.model.params import GlobalParams, LocalParams, UserTable
 
 ModelKind = Literal["explicit", "implicit"]
 MODEL_KINDS: tuple[str, ...] = ("explicit", "implicit")
-IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr")
+IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr", "wrmf")
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,22 @@ class MFConfig:
         Implicit only: negatives sampled per positive.
     loss:
         Implicit only: ``"logistic"`` (each item scored against a 0/1 label)
-        or ``"bpr"`` (each positive ranked above its sampled negatives).
+        or ``"bpr"`` (each positive ranked above its sampled negatives), both
+        against sampled negatives; or ``"wrmf"``: weighted squared error over
+        the whole catalogue (Hu et al. 2008), every non-interaction a negative
+        of weight 1 (no sampling, no biases; :mod:`fedrec.train.als`). The
+        name is the loss's, not a solver's: centralized it is fitted by
+        alternating least squares, federated by a device-side exact solve
+        and a server-side item step, and both minimise the same objective.
     neg_weight:
         Implicit only: total weight of a positive's negatives. The negative
         term is the mean over the sampled negatives times ``neg_weight``, so
         ``negatives`` sets the variance of the estimate and ``neg_weight`` its
         weight (``neg_weight == negatives`` is the plain sum).
+    confidence:
+        ``"wrmf"`` only: an interaction's confidence is ``1 + confidence * w``
+        (``w`` its weight: recency times the data's own weight, default 1);
+        ``implicit``'s ALS calls it ``alpha``.
     recency_boost, recency_scale:
         Implicit only: a positive's weight is ``1 + recency_boost *
         exp(-age / recency_scale)``, where ``age`` counts the user's
@@ -65,6 +75,7 @@ class MFConfig:
     neg_weight: float = 4.0
     recency_boost: float = 0.0
     recency_scale: float = 5.0
+    confidence: float = 10.0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -82,6 +93,8 @@ class MFConfig:
             raise ConfigError(f"model.neg-weight: must be > 0, got {self.neg_weight}")
         if not self.recency_boost >= 0:
             raise ConfigError(f"model.recency-boost: must be >= 0, got {self.recency_boost}")
+        if not self.confidence >= 0:
+            raise ConfigError(f"model.confidence: must be >= 0, got {self.confidence}")
         if not self.recency_scale > 0:
             raise ConfigError(f"model.recency-scale: must be > 0, got {self.recency_scale}")
 
