@@ -31,7 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedrec.secagg import QuantConfig, SecAggClient, SecAggServer, SegmentSpec  # noqa: E402
-from fedrec.secagg.simulate import STAGES, RoundTrace, Stage, run_round  # noqa: E402
+from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, run_round  # noqa: E402
 
 EMBED_DIM = 32
 ITEM_COUNTS = {"ml-100k": 1682, "ml-1m": 3706}

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedrec.secagg.errors import SecAggConfigError, SecAggMessageError
+from fedrec.errors import SecAggConfigError, SecAggMessageError
 
 __all__ = ["QuantConfig", "SegmentSpec", "dequantize", "quantize"]
 

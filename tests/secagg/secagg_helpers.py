@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from fedrec.secagg import check_payload
+from fedrec.secagg import AdvertiseKeys, DeviceTrust, SecAggClient, SecurityParams, check_payload
+from fedrec.secagg.crypto.identity import SimulationAuthority
+from fedrec.secagg.device_state import decode
 
 
 def wire(payload: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
@@ -34,3 +37,33 @@ def wire(payload: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
 
 def stored(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.array(value, copy=True) for key, value in state.items()}
+
+
+AUTHORITY = SimulationAuthority(b"fedrec test enrolment authority!")
+"""The enrolment authority of the device tests (a fixed secret: reproducible, and never a deployment's)."""
+
+
+def trust(node: int, security: SecurityParams | None = None) -> DeviceTrust:
+    """Device ``node``'s identity from :data:`AUTHORITY`; no security bound unless given (small test graphs)."""
+    return DeviceTrust(AUTHORITY.identity(node), AUTHORITY.public_key, security)
+
+
+def restore(state: Mapping[str, np.ndarray], **kwargs: Any) -> SecAggClient:
+    """``SecAggClient.from_state`` with the stored node's test identity."""
+    try:
+        node = decode(state).node_id
+    except Exception:
+        node = 0
+    return SecAggClient.from_state(state, trust=trust(node), **kwargs)
+
+
+def resign(advert: AdvertiseKeys, **changes: Any) -> AdvertiseKeys:
+    """``advert`` with ``changes``, signed again by its node's :data:`AUTHORITY` identity (a device lying
+    about its own keys, as opposed to a server substituting them)."""
+    msg = replace(advert, **changes)
+    identity = AUTHORITY.identity(msg.node_id)
+    return replace(
+        msg,
+        certificate=identity.certificate.to_bytes(),
+        signature=identity.sign_advert(round_id=msg.round_id, node_id=msg.node_id, c_pk=msg.c_pk, s_pk=msg.s_pk),
+    )

@@ -157,9 +157,12 @@ def float_views(masked: np.ndarray) -> list[np.ndarray]:
 
 def test_neighbourhood_and_threshold_settings() -> None:
     spec = RunConfig.from_flat({"secagg.neighbours": "auto"}).secagg
-    assert [neighbours_for(spec, n) for n in (2, 10, 50, 100, 943)] == ["all", "all", 13, 15, 20]
+    # auto: the security bound (fedrec.secagg.graph.secure_degree); the complete graph below ~40 devices
+    assert [neighbours_for(spec, n) for n in (2, 10, 50, 100, 943)] == ["all", "all", 37, 46, 96]
     fixed = RunConfig.from_flat({"secagg.neighbours": 7}).secagg
-    assert [neighbours_for(fixed, n) for n in (5, 9, 10)] == ["all", 6, 7]
+    assert [neighbours_for(fixed, n) for n in (5, 9, 10, 100)] == ["all", "all", "all", 46]  # raised to the bound
+    wide = RunConfig.from_flat({"secagg.neighbours": 61}).secagg
+    assert [neighbours_for(wide, n) for n in (99, 100)] == [60, 61]
     assert neighbours_for(RunConfig.from_flat({"secagg.neighbours": "all"}).secagg, 943) == "all"
     assert threshold_for(RunConfig.from_flat({"secagg.threshold": 0.6}).secagg) == 0.6
     assert threshold_for(RunConfig.from_flat({"secagg.threshold": 5}).secagg) == 5
