@@ -43,7 +43,7 @@ from fedrec.runconfig import RunConfig, SecAggSpec
 from fedrec.secagg import (
     RoundPipeline,
     RoundPlan,
-    SecAggAbort,
+    SecAggError,
     model_digest,
     neighbourhood_degree,
     quant_config_for,
@@ -120,7 +120,7 @@ class SecureRounds:
         trip = GridTrip(self.grid, self.cfg, state, rnd)
         try:
             result = self.pipeline.run(trip, plan, next_plan=upcoming, model_digest=trip.model_digest())
-        except SecAggAbort as exc:
+        except SecAggError as exc:  # too few survivors, or a sum the checks refused (inconsistent share, masks)
             log.error("round %d: secure aggregation aborted, the model is unchanged: %s", rnd, exc)
             return zero_sums(n_items, dim), list(cohort), trip.device_metrics()
         sums = unflatten_sums(result.sums, n_items=n_items, dim=dim)

@@ -22,6 +22,8 @@ party.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
@@ -48,6 +50,7 @@ __all__ = [
     "UnmaskResponse",
     "coerce",
     "payload_size",
+    "setup_digest",
 ]
 
 _MAX_U64 = (1 << 64) - 1
@@ -511,6 +514,17 @@ def coerce(cls: type[M], message: object) -> M:
     raise SecAggMessageError(
         f"expected {cls.__name__} or its dict form, got {type(message).__name__}"
     )
+
+
+def setup_digest(setup: Setup) -> bytes:
+    """SHA-256 of a setup in canonical form; every advertisement signs it (a split view is refused).
+
+    ``b"fedrec-secagg setup v1\\0"`` then :meth:`Setup.to_dict` as UTF-8 JSON
+    with sorted keys, no spaces, bytes as lowercase hex (pinned by a known-answer test).
+    """
+    form = {k: v.hex() if isinstance(v, bytes) else v for k, v in setup.to_dict().items()}
+    text = json.dumps(form, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"fedrec-secagg setup v1\x00" + text.encode()).digest()
 
 
 def payload_size(message: Message) -> int:

@@ -72,6 +72,7 @@ from fedrec.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
     coerce,
+    setup_digest,
 )
 from fedrec.secagg.quantize import quantize
 
@@ -149,6 +150,7 @@ class SecAggClient:
         self._allow_minority = allow_minority_threshold
         self._state = _NEW
         self._setup: Setup | None = None
+        self._setup_digest = bytes(32)
         self._neighbours: frozenset[int] = frozenset()
         self._c_key: KeyPair | None = None
         self._s_key: KeyPair | None = None
@@ -222,6 +224,7 @@ class SecAggClient:
             check_threshold(setup.threshold, setup.k, allow_minority_threshold=self._allow_minority)
             check_security(len(setup.participants), setup.k, setup.threshold, params=self._trust.security)
             self._setup = setup
+            self._setup_digest = setup_digest(setup)
             self._c_key = KeyPair.generate(self._randbytes)
             self._s_key = KeyPair.generate(self._randbytes)
             self._seed = self._randbytes(SEED_BYTES)
@@ -242,7 +245,8 @@ class SecAggClient:
             s_pk=self._s_key.public,
             certificate=identity.certificate.to_bytes(),
             signature=identity.sign_advert(
-                round_id=round_id, node_id=self._node_id, c_pk=self._c_key.public, s_pk=self._s_key.public),
+                round_id=round_id, node_id=self._node_id, c_pk=self._c_key.public, s_pk=self._s_key.public,
+                setup_digest=self._setup_digest),
         )
 
     def share(self, keys: PeerKeys | Mapping[str, object]) -> ShareKeys:
@@ -281,7 +285,7 @@ class SecAggClient:
         own = self._advert(setup.round_id)
         mine = advert_digest(advert_statement(
             round_id=own.round_id, node_id=own.node_id, c_pk=own.c_pk, s_pk=own.s_pk,
-            certificate=own.certificate), own.signature)
+            setup_digest=self._setup_digest, certificate=own.certificate), own.signature)
         if digests.get(self._node_id) != mine:
             raise SecAggIntegrityError(
                 f"PeerKeys: the advertisement digest listed for node {self._node_id} is not the one it signed")
@@ -305,10 +309,12 @@ class SecAggClient:
         for peer, c_pk, s_pk, cert, sig in rows:
             try:
                 subject = verify_advert(authority_key=self._trust.authority_key, round_id=round_id, node_id=peer,
-                                        c_pk=c_pk, s_pk=s_pk, certificate=cert, signature=sig).subject
+                                        c_pk=c_pk, s_pk=s_pk, setup_digest=self._setup_digest, certificate=cert,
+                                        signature=sig).subject
             except SecAggIntegrityError as exc:
                 raise SecAggIntegrityError(f"PeerKeys: node {peer} refused: {exc}") from None
-            statement = advert_statement(round_id=round_id, node_id=peer, c_pk=c_pk, s_pk=s_pk, certificate=cert)
+            statement = advert_statement(round_id=round_id, node_id=peer, c_pk=c_pk, s_pk=s_pk,
+                                         setup_digest=self._setup_digest, certificate=cert)
             if advert_digest(statement, sig) != digests.get(peer):
                 raise SecAggIntegrityError(f"PeerKeys: node {peer}'s advertisement does not match its listed digest")
             if subject in subjects:
@@ -554,6 +560,8 @@ class SecAggClient:
         )
         client._state = snap.stage
         client._setup = snap.setup
+        if snap.setup is not None:
+            client._setup_digest = setup_digest(snap.setup)
         client._neighbours = snap.neighbours
         try:
             client._c_key = None if snap.c_sk is None else KeyPair.from_private_bytes(snap.c_sk)

@@ -24,6 +24,7 @@ share is off (when ``t + 2`` or more shares pin it down).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +68,7 @@ from fedrec.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
     coerce,
+    setup_digest,
 )
 from fedrec.secagg.quantize import QuantConfig, dequantize
 
@@ -173,6 +175,7 @@ class SecAggServer:
         except SecAggMessageError as exc:
             raise SecAggConfigError(str(exc)) from None
         self._strict = strict
+        self._setup_digest = setup_digest(self.setup)
         self._probe = KeyPair.generate(os.urandom)
         self._stage = "keys"
         self._abort_reason: str | None = None
@@ -290,7 +293,7 @@ class SecAggServer:
         self._keys = {node: (m.c_pk, m.s_pk) for node, m in accepted.items()}
         self._u1 = frozenset(accepted)
         self._require(len(self._u1), "clients advertised keys")
-        digests = {node: _digest(m) for node, m in accepted.items()}
+        digests = {node: _digest(m, self._setup_digest) for node, m in accepted.items()}
         seed = graph_seed(round_id=self.setup.round_id, server_nonce=self.setup.graph_seed, adverts=digests)
         self._graph = build_graph(self.setup.participants, degree=self.setup.degree, seed=seed,
                                   round_id=self.setup.round_id)
@@ -321,7 +324,8 @@ class SecAggServer:
         self._probe.agree(msg.s_pk)
         if self._authority is not None:
             verify_advert(authority_key=self._authority, round_id=msg.round_id, node_id=msg.node_id,
-                          c_pk=msg.c_pk, s_pk=msg.s_pk, certificate=msg.certificate, signature=msg.signature)
+                          c_pk=msg.c_pk, s_pk=msg.s_pk, setup_digest=self._setup_digest,
+                          certificate=msg.certificate, signature=msg.signature)
 
     def _drop_duplicate_keys(self, accepted: dict[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]:
         counts = Counter(k for m in accepted.values() for k in (m.c_pk, m.s_pk))
@@ -445,6 +449,7 @@ class SecAggServer:
         assert self._acc is not None
         acc = self._acc
         self._remove_masks(acc, seeds, keys)
+        self._check_reachable(acc, len(survivors))
         sums = dequantize(acc, self.setup.quant, n_clients=len(survivors))
         self._acc = None
         self._result = AggregateResult(
@@ -463,6 +468,26 @@ class SecAggServer:
             len(accepted),
         )
         return self._result
+
+    def _check_reachable(self, acc: np.ndarray, n: int) -> None:
+        """Refuse an unmasked sum no ``n`` clipped inputs can reach (masks that did not cancel).
+
+        Devices that masked against different downlinks (or with keys the
+        server substituted) leave uniformly random ring elements; each lands
+        outside the reachable range ``[0, n * ceil((hi - lo) * scale)]`` with
+        probability above 1/2 at the ring sizes ``resolve`` picks, so a vector
+        of ``L`` elements passes by chance with probability below ``2^-L``.
+        """
+        quant = self.setup.quant
+        for spec, (start, stop) in zip(quant.segments, quant.bounds().values(), strict=True):
+            assert spec.scale is not None
+            limit = n * math.ceil((spec.hi - spec.lo) * spec.scale)
+            outside = int(np.count_nonzero(acc[start:stop] > limit))
+            if outside:
+                raise self._integrity(
+                    f"the unmasked sum of segment {spec.name!r} is out of reach of {n} clipped inputs at "
+                    f"{outside} of {stop - start} elements: the masks did not cancel (devices masked against "
+                    f"different downlinks or keys); the sum is discarded")
 
     def _check_unmask(self, node: int, msg: UnmaskResponse) -> None:
         request = self._requests[node]
@@ -583,9 +608,9 @@ def _degree(n: int, neighbours: Neighbours, security: SecurityParams | None) -> 
     return min(neighbours, n - 1)
 
 
-def _digest(msg: AdvertiseKeys) -> bytes:
+def _digest(msg: AdvertiseKeys, setup: bytes) -> bytes:
     statement = advert_statement(round_id=msg.round_id, node_id=msg.node_id, c_pk=msg.c_pk, s_pk=msg.s_pk,
-                                 certificate=msg.certificate)
+                                 setup_digest=setup, certificate=msg.certificate)
     return advert_digest(statement, msg.signature)
 
 

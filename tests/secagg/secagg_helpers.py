@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from fedrec.secagg import AdvertiseKeys, DeviceTrust, SecAggClient, SecurityParams, check_payload
-from fedrec.secagg.crypto.identity import SimulationAuthority
+from fedrec.secagg.crypto.identity import SimulationAuthority, advert_digest, advert_statement
 from fedrec.secagg.device_state import decode
+from fedrec.secagg.messages import Setup, setup_digest
 
 
 def wire(payload: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
@@ -57,13 +58,25 @@ def restore(state: Mapping[str, np.ndarray], **kwargs: Any) -> SecAggClient:
     return SecAggClient.from_state(state, trust=trust(node), **kwargs)
 
 
-def resign(advert: AdvertiseKeys, **changes: Any) -> AdvertiseKeys:
+def resign(advert: AdvertiseKeys, setup: Setup, **changes: Any) -> AdvertiseKeys:
     """``advert`` with ``changes``, signed again by its node's :data:`AUTHORITY` identity (a device lying
     about its own keys, as opposed to a server substituting them)."""
     msg = replace(advert, **changes)
     identity = AUTHORITY.identity(msg.node_id)
-    return replace(
-        msg,
-        certificate=identity.certificate.to_bytes(),
-        signature=identity.sign_advert(round_id=msg.round_id, node_id=msg.node_id, c_pk=msg.c_pk, s_pk=msg.s_pk),
+    signature = identity.sign_advert(
+        round_id=msg.round_id, node_id=msg.node_id, c_pk=msg.c_pk, s_pk=msg.s_pk, setup_digest=setup_digest(setup)
     )
+    return replace(msg, certificate=identity.certificate.to_bytes(), signature=signature)
+
+
+def digest_of(msg: AdvertiseKeys, setup: Setup) -> bytes:
+    """The digest a server lists for ``msg`` (and the graph seed hashes)."""
+    statement = advert_statement(
+        round_id=msg.round_id,
+        node_id=msg.node_id,
+        c_pk=msg.c_pk,
+        s_pk=msg.s_pk,
+        setup_digest=setup_digest(setup),
+        certificate=msg.certificate,
+    )
+    return advert_digest(statement, msg.signature)

@@ -369,9 +369,9 @@ def test_duplicate_public_keys_reject_both_advertisers() -> None:
         authority=AUTHORITY,
     )
     adv = {i: clients[i].advertise(server.setup) for i in range(1, 9)}
-    adv[2] = resign(adv[2], c_pk=adv[1].s_pk)
-    adv[3] = resign(adv[3], s_pk=adv[3].c_pk)
-    adv[7] = resign(adv[7], s_pk=bytes(32))
+    adv[2] = resign(adv[2], server.setup, c_pk=adv[1].s_pk)
+    adv[3] = resign(adv[3], server.setup, s_pk=adv[3].c_pk)
+    adv[7] = resign(adv[7], server.setup, s_pk=bytes(32))
     keys = server.collect_keys(adv)
     assert sorted(keys) == [4, 5, 6, 8]
     assert "low-order" in server.rejected[7]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from secagg_helpers import AUTHORITY, resign, trust
+from secagg_helpers import AUTHORITY, digest_of, resign, trust
 
 from fedrec.errors import SecAggError
 from fedrec.secagg import (
@@ -24,7 +24,6 @@ from fedrec.secagg import (
     Setup,
     UnmaskRequest,
 )
-from fedrec.secagg.crypto.identity import advert_digest, advert_statement
 from fedrec.secagg.crypto.shamir import element_from_bytes
 from fedrec.secagg.inprocess import build_cohort, run_round
 
@@ -236,7 +235,7 @@ def advertised(threshold: int = 3) -> tuple[Setup, dict[int, SecAggClient], dict
     return server.setup, clients, adv
 
 
-def peer_keys(node: int, adv: dict[int, Any], **override: Any) -> PeerKeys:
+def peer_keys(node: int, adv: dict[int, Any], setup: Setup, **override: Any) -> PeerKeys:
     """Node ``node``'s PeerKeys as an honest server builds it from ``adv`` (complete graph), then ``override``."""
     advertisers = tuple(sorted(adv))
     peers = tuple(p for p in advertisers if p != node)
@@ -249,19 +248,10 @@ def peer_keys(node: int, adv: dict[int, Any], **override: Any) -> PeerKeys:
         "certificates": tuple(adv[p].certificate for p in peers),
         "signatures": tuple(adv[p].signature for p in peers),
         "advertisers": advertisers,
-        "digests": tuple(digest_of(adv[p]) for p in advertisers),
+        "digests": tuple(digest_of(adv[p], setup) for p in advertisers),
     }
     fields.update(override)
     return PeerKeys(**fields)
-
-
-def digest_of(msg: Any) -> bytes:
-    return advert_digest(
-        advert_statement(
-            round_id=msg.round_id, node_id=msg.node_id, c_pk=msg.c_pk, s_pk=msg.s_pk, certificate=msg.certificate
-        ),
-        msg.signature,
-    )
 
 
 @pytest.mark.parametrize(
@@ -278,7 +268,7 @@ def digest_of(msg: Any) -> bytes:
     ],
 )
 def test_bad_peer_keys_are_refused(override: str, pattern: str) -> None:
-    _, clients, adv = advertised()
+    setup, clients, adv = advertised()
     node, peers = IDS[0], tuple(IDS[1:])
     c_pks = [adv[p].c_pk for p in peers]
     s_pks = [adv[p].s_pk for p in peers]
@@ -298,12 +288,12 @@ def test_bad_peer_keys_are_refused(override: str, pattern: str) -> None:
     elif override in ("zero", "zero_s"):  # a peer that signed a low-order key itself
         victim = peers[0] if override == "zero" else peers[2]
         adv = dict(adv)
-        adv[victim] = resign(adv[victim], **({"c_pk": bytes(32)} if override == "zero" else {"s_pk": bytes(32)}))
+        adv[victim] = resign(adv[victim], setup, **({"c_pk": bytes(32)} if override == "zero" else {"s_pk": bytes(32)}))
     else:
         changes.setdefault("c_pks", tuple(c_pks))
         changes.setdefault("s_pks", tuple(s_pks))
     with pytest.raises(SecAggError, match=pattern):
-        clients[node].share(peer_keys(node, adv, **changes))
+        clients[node].share(peer_keys(node, adv, setup, **changes))
     assert clients[node].state == "aborted"
 
 

@@ -39,7 +39,7 @@ SMALL = {"synthetic.n-users": N_DEVICES, "synthetic.n-items": N_ITEMS, "syntheti
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 REPLY_KEYS = {
-    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk"},
+    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk", "certificate", "signature"},
     wire.SECAGG_SHARE: {"round_id", "node_id", "receivers", "ciphertexts"},
     wire.SECAGG_MASK: {"round_id", "node_id"},
     wire.SECAGG_UNMASK: {"round_id", "node_id", "survivors", "seed_shares", "dropped", "key_shares"},

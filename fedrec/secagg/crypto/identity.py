@@ -26,7 +26,12 @@ Layouts (all integers big-endian)::
                    b"fedrec-secagg certificate v1\\0" || subject u64 || identity public key
     advertisement statement (signed by the identity key) =
                    b"fedrec-secagg advertise v1\\0" || round u64 || stage u8 (1)
-                   || node u64 || c_pk (32) || s_pk (32) || certificate (108)
+                   || node u64 || c_pk (32) || s_pk (32) || setup digest (32) || certificate (108)
+
+The setup digest (:func:`fedrec.secagg.messages.setup_digest`) makes the
+signature cover the round's rules as the signer saw them: a server that sends
+different participant lists, thresholds, degrees or nonces to different
+devices gets advertisements that their peers refuse.
 
 In simulation :class:`SimulationAuthority` plays the enrolment authority: it
 derives each device's identity key and certificate lazily from a run secret
@@ -197,10 +202,11 @@ class DeviceIdentity:
         self._private = private
         self.certificate = certificate
 
-    def sign_advert(self, *, round_id: int, node_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
+    def sign_advert(self, *, round_id: int, node_id: int, c_pk: bytes, s_pk: bytes, setup_digest: bytes) -> bytes:
         """Signature over :func:`advert_statement` for this device's certificate."""
         return self._private.sign(advert_statement(
-            round_id=round_id, node_id=node_id, c_pk=c_pk, s_pk=s_pk, certificate=self.certificate.to_bytes()))
+            round_id=round_id, node_id=node_id, c_pk=c_pk, s_pk=s_pk, setup_digest=setup_digest,
+            certificate=self.certificate.to_bytes()))
 
     def private_bytes(self) -> bytes:
         """Raw private key (to store it on the device)."""
@@ -210,11 +216,16 @@ class DeviceIdentity:
         return f"DeviceIdentity(subject={self.certificate.subject}, private=<redacted>)"
 
 
-def advert_statement(*, round_id: int, node_id: int, c_pk: bytes, s_pk: bytes, certificate: bytes) -> bytes:
+def advert_statement(
+    *, round_id: int, node_id: int, c_pk: bytes, s_pk: bytes, setup_digest: bytes, certificate: bytes
+) -> bytes:
     """The bytes a device signs when it advertises its round keys (layout in the module docstring)."""
     _check_u64("round id", round_id)
     _check_u64("node id", node_id)
-    return _ADVERT_TAG + _ADVERT_HEAD.pack(round_id, STAGE_ADVERTISE, node_id) + c_pk + s_pk + certificate
+    if not isinstance(setup_digest, bytes) or len(setup_digest) != 32:
+        raise SecAggMessageError("setup digest must be 32 bytes")
+    return (_ADVERT_TAG + _ADVERT_HEAD.pack(round_id, STAGE_ADVERTISE, node_id) + c_pk + s_pk + setup_digest
+            + certificate)
 
 
 def advert_digest(statement: bytes, signature: bytes) -> bytes:
@@ -223,8 +234,8 @@ def advert_digest(statement: bytes, signature: bytes) -> bytes:
 
 
 def verify_advert(
-    *, authority_key: bytes, round_id: int, node_id: int, c_pk: bytes, s_pk: bytes, certificate: bytes,
-    signature: bytes,
+    *, authority_key: bytes, round_id: int, node_id: int, c_pk: bytes, s_pk: bytes, setup_digest: bytes,
+    certificate: bytes, signature: bytes,
 ) -> Certificate:
     """Check one peer's advertisement: certificate under the anchor, signature under the certified key.
 
@@ -234,7 +245,8 @@ def verify_advert(
     ------
     SecAggIntegrityError
         A certificate not issued by the authority, or a signature that does
-        not cover exactly these round, node and keys (substituted keys).
+        not cover exactly these round, node, keys and setup (substituted keys,
+        or a setup this device saw differently).
     SecAggMessageError
         Malformed certificate or signature bytes.
     """
@@ -242,7 +254,8 @@ def verify_advert(
     identity = cert.verify(authority_key)
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         raise SecAggMessageError(f"advertisement signature must be {SIGNATURE_BYTES} bytes")
-    statement = advert_statement(round_id=round_id, node_id=node_id, c_pk=c_pk, s_pk=s_pk, certificate=certificate)
+    statement = advert_statement(round_id=round_id, node_id=node_id, c_pk=c_pk, s_pk=s_pk,
+                                 setup_digest=setup_digest, certificate=certificate)
     _verify(identity, signature, statement, f"advertisement of node {node_id} (round {round_id})")
     return cert
 
