@@ -419,7 +419,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
     mixed = [r for r in trip_a if wire.SECAGG_SETUP in errors_of(r)]
     assert len(mixed) == 1 and wire.SECAGG_MASK in parts_of(mixed[0])  # its mask part still counted
     assert "round 4: its pre-started setup and share aborted" in caplog.text
-    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=12 not met" in caplog.text
+    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=13 not met" in caplog.text
     _assert_tables(rec, history, moved=("1", "2"), kept=("2", "3"), masks=22 + 22 + N_DEVICES + N_DEVICES)
 
 
