@@ -26,10 +26,8 @@ binds the digest of the table and round configuration the device received
 into its pairwise masks (:func:`downlink_digest`), so a table sent to some
 devices only makes the sum useless.
 
-The mask part trains through ``client.app``'s ``train_device``, the plain
-path's own training call (privacy plan included). ``client.app`` registers
-this handler while it builds its ClientApp at import time, so the handler
-takes its helpers when it runs, not when this module loads.
+The mask part trains through ``client/device.py``'s ``train_device``, the
+plain path's own training call (privacy plan included).
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -54,11 +52,11 @@ from fedrec.secagg.crypto.identity import (
     load_identity,
 )
 
+from .device import SourceProvider, train_device
+from .records import load_state, save_state
+
 NODE_IDENTITY = "secagg-identity"
 """Node config key: the folder of a deployed device's identity files."""
-
-if TYPE_CHECKING:
-    from .app import SourceProvider
 
 
 @dataclass(frozen=True)
@@ -116,8 +114,6 @@ class SecAggHandler:
     identities: IdentityProvider
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        from .app import load_state, save_state
-
         parts = message_parts(msg)
         state = load_state(context)
         metrics: dict[str, Any] = {}
@@ -145,8 +141,6 @@ def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], sourc
     """``segments()`` for the mask part: train the device's users on the downlink table, flatten the update."""
 
     def segments() -> dict[str, np.ndarray]:
-        from .app import train_device
-
         out = train_device(msg, context, state, source)
         metrics.update(out.metrics)
         return flatten_update(out.update.segments())
