@@ -42,7 +42,7 @@ SMALL = {"synthetic.n-users": N_DEVICES, "synthetic.n-items": N_ITEMS, "syntheti
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 REPLY_KEYS = {
-    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk"},
+    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk", "certificate", "signature"},
     wire.SECAGG_SHARE: {"round_id", "node_id", "receivers", "ciphertexts"},
     wire.SECAGG_MASK: {"round_id", "node_id"},
     wire.SECAGG_UNMASK: {"round_id", "node_id", "survivors", "seed_shares", "dropped", "key_shares"},
@@ -154,9 +154,12 @@ def float_views(masked: np.ndarray) -> list[np.ndarray]:
 
 def test_neighbourhood_and_threshold_settings() -> None:
     spec = RunConfig.from_flat({"secagg.neighbours": "auto"}).secagg
-    assert [neighbours_for(spec, n) for n in (2, 10, 50, 100, 943)] == ["all", "all", 13, 15, 20]
+    # auto: the security bound (fedrec.secagg.graph.secure_degree); the complete graph below ~40 devices
+    assert [neighbours_for(spec, n) for n in (2, 10, 50, 100, 943)] == ["all", "all", 37, 46, 96]
     fixed = RunConfig.from_flat({"secagg.neighbours": 7}).secagg
-    assert [neighbours_for(fixed, n) for n in (5, 9, 10)] == ["all", 6, 7]
+    assert [neighbours_for(fixed, n) for n in (5, 9, 10, 100)] == ["all", "all", "all", 46]  # raised to the bound
+    wide = RunConfig.from_flat({"secagg.neighbours": 61}).secagg
+    assert [neighbours_for(wide, n) for n in (99, 100)] == [60, 61]
     assert neighbours_for(RunConfig.from_flat({"secagg.neighbours": "all"}).secagg, 943) == "all"
     assert threshold_for(RunConfig.from_flat({"secagg.threshold": 0.6}).secagg) == 0.6
     assert threshold_for(RunConfig.from_flat({"secagg.threshold": 5}).secagg) == 5
@@ -413,7 +416,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
     mixed = [r for r in trip_a if wire.SECAGG_SETUP in errors_of(r)]
     assert len(mixed) == 1 and wire.SECAGG_MASK in parts_of(mixed[0])  # its mask part still counted
     assert "round 4: its pre-started setup and share aborted" in caplog.text
-    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=12 not met" in caplog.text
+    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=13 not met" in caplog.text
     _assert_tables(rec, history, moved=("1", "2"), kept=("2", "3"), masks=22 + 22 + N_DEVICES + N_DEVICES)
 
 
