@@ -141,6 +141,7 @@ class RunConfig:
     def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
         """Resolve defaults, protocol presets and overrides; validate everything."""
         flat = resolve(overrides or {})
+        check_finite(flat)
         cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
                   min_clients=_int(flat, "min-clients", low=1))
@@ -160,6 +161,21 @@ def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
         flat.update(DP_PRESET)
     flat.update({k: v for k, v in overrides.items() if v is not None})
     return flat
+
+
+#: Float keys where ``inf`` has a meaning (no noise); every other float key must be finite.
+INFINITE_ALLOWED = ("dp.epsilon",)
+
+
+def check_finite(flat: Mapping[str, Scalar]) -> None:
+    """Refuse NaN in any key and infinity outside :data:`INFINITE_ALLOWED`, naming the key."""
+    for key, value in flat.items():
+        if not isinstance(value, float) or math.isfinite(value):
+            continue
+        if math.isnan(value):
+            raise ConfigError(f"{key}: must be a number, got nan")
+        if key not in INFINITE_ALLOWED:
+            raise ConfigError(f"{key}: must be finite, got {value}")
 
 
 def parse_value(text: str) -> Scalar:
@@ -289,6 +305,9 @@ def _dp(flat: Mapping[str, Scalar]) -> DPConfig:
 
 def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
     threshold = _positive(flat, "secagg.threshold")
+    if threshold > 1 and not threshold.is_integer():
+        raise ConfigError(f"secagg.threshold: a fraction in (0, 1] or a whole number of devices >= 2, "
+                          f"got {threshold}")
     neighbours = str(flat["secagg.neighbours"])
     if neighbours not in ("all", "auto") and not (neighbours.isdigit() and int(neighbours) >= 2):
         raise ConfigError(f"secagg.neighbours: 'all', 'auto' or an integer >= 2, got {neighbours!r}")

@@ -34,7 +34,7 @@ from fedrec.errors import CheckpointError, ConfigError, FedRecError
 from fedrec.metrics.core import MetricSums
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
-from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
+from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums
 from fedrec.train.federated import ServerState
 
@@ -45,7 +45,7 @@ from .secagg import SecureRounds
 log = logging.getLogger("flwr.fedrec")  # a child of Flower's logger: round lines reach `flwr log`
 
 RoundCallback = Callable[[dict[str, Any]], None]
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = CHECKPOINT_FILE
 METRICS = "metrics.jsonl"
 
 
@@ -123,13 +123,10 @@ def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
 def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool,
                    privacy: ServerPrivacy) -> ServerState:
     if resume:
-        if run_dir is None or not (run_dir / CHECKPOINT).exists():
-            raise CheckpointError(f"resume: no {CHECKPOINT} in {run_dir}")
-        state, extra = load_checkpoint(run_dir / CHECKPOINT)
+        if run_dir is None:
+            raise CheckpointError("resume: no run folder given")
+        state, extra = load_checkpoint(run_dir / CHECKPOINT, n_items=catalogue.n_items, dim=cfg.model.dim)
         privacy.load_state(extra.get("privacy", {}))
-        if state.glob.n_items != catalogue.n_items or state.glob.dim != cfg.model.dim:
-            raise CheckpointError(f"{run_dir / CHECKPOINT}: table {state.glob.item_factors.shape} does not match "
-                                  f"the configuration ({catalogue.n_items} items, dim {cfg.model.dim})")
         log.info("resuming from round %d", state.round)
         return state
     mu = 0.0 if cfg.model.kind == "implicit" or catalogue.rating_scale is None else sum(catalogue.rating_scale) / 2
@@ -196,7 +193,9 @@ def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[
     """Checkpoint, then the metrics line (with the checkpoint's cost), then the log line."""
     if run_dir is not None:
         saved = time.perf_counter()
-        save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat), "privacy": privacy_state})
+        # the round's row rides in the checkpoint: a crash between the two writes loses no metrics line
+        save_checkpoint(run_dir / CHECKPOINT, state,
+                        extra={"config": dict(cfg.flat), "privacy": privacy_state, "row": dict(row)})
         row["checkpoint_seconds"] = time.perf_counter() - saved
     row["seconds"] = time.perf_counter() - start
     log.info("round %d: %s", row["round"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
