@@ -54,6 +54,7 @@ STATE_LOCAL = "fedrec.local"
 STATE_PRIVACY = "fedrec.privacy"
 STATE_SECAGG = "fedrec.secagg"
 STATE_STREAM = "fedrec.stream"  # the device's training-randomness stream offset
+STATE_RESTORED = "fedrec.restored"  # marks a simulated device whose persisted state was read back
 
 # Array names.
 ARRAY_ITEM_FACTORS = "item_factors"

@@ -18,6 +18,7 @@ from fedrec.errors import CheckpointError, ConfigError
 from fedrec.runconfig import RunConfig, load_run_dataset
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedrec.store.device_table import DEVICE_STATE_FILE, DeviceStateTable, remove_table
 
 from .report import write_plot, write_report
 
@@ -75,9 +76,13 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
              verbose: bool = False, num_cpus_per_client: float = 1.0) -> SimulationResult:
     """Run every round of ``cfg`` with one virtual Flower SuperNode per device."""
     n_devices = validate(cfg)
+    table = run_dir / DEVICE_STATE_FILE
     if resume:
-        prepare_resume(cfg, run_dir)
+        DeviceStateTable(table).truncate_after(prepare_resume(cfg, run_dir))
+    else:
+        remove_table(table)
     from fedrec.client.app import make_client_app
+    from fedrec.client.persist import PersistDeviceState
     from fedrec.server.app import make_server_app
     from flwr.simulation import run_simulation
 
@@ -96,7 +101,7 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     run_simulation(
         server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results,
                                    errors=errors),
-        client_app=make_client_app(),
+        client_app=make_client_app(mods=[PersistDeviceState(str(table))]),
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
                         "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}},
