@@ -79,7 +79,8 @@ DEFAULTS: dict[str, Scalar] = {
 }
 
 # Keys that are valid but have no default (absent means "not set").
-OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors")
+OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors",
+                 "dp.rating-rate")
 
 SYNTHETIC_PREFIX = "synthetic."
 

@@ -10,7 +10,8 @@ Downlink (server -> device), every device receives the same full table:
     ``RECORD_CONFIG``  ``round``, ``global-mean`` and the round's settings
 Uplink (device -> server), plain aggregation:
     ``RECORD_UPDATE``  dense ``item_factors``, ``item_bias``, ``counts`` deltas
-    ``RECORD_METRICS`` ``ok`` and, under rating-level DP, ``epsilon``/``budget-exhausted``
+    ``RECORD_METRICS`` ``ok`` only (no epsilon, no budget flag: rating-level
+    epsilon is a public function of the rounds a device took part in)
 Secure aggregation, both ways: one ``MSG_SECAGG`` message per device and
 trip carries one *part* per protocol stage it holds (``SECAGG_SETUP`` ...
 ``SECAGG_UNMASK``; at most one part per stage, and with pipelined rounds two
@@ -69,8 +70,6 @@ CFG_RUN = "run."  # prefix: the flat run configuration, forwarded to devices
 
 # Metric keys (uplink).
 MET_OK = "ok"
-MET_EPSILON = "epsilon"
-MET_BUDGET_EXHAUSTED = "budget-exhausted"
 MET_SUM_SUFFIX = ".sum"
 MET_COUNT_SUFFIX = ".count"
 
