@@ -5,7 +5,9 @@ by a *source provider*: in simulation, its partition of the run's dataset
 (``partition-id`` from the node config); in deployment, the on-device store.
 Its private state (user factors) lives in ``Context.state`` and never enters a
 reply. Replies carry only the dense update (plain, or masked under secure
-aggregation) or evaluation sums and counts.
+aggregation) or evaluation sums and counts (plain, or masked under secure
+aggregation: :mod:`.secure_eval`). Under secure aggregation the plain
+``train`` and ``evaluate`` handlers refuse to answer.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from flwr.clientapp.typing import Mod
 
 from fedrec import wire
 from fedrec.data.partition import InteractionSource, partitions
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, SecAggError
 from fedrec.model.params import GlobalParams
 from fedrec.privacy.plan import privacy_plan
 from fedrec.runconfig import RunConfig, load_run_dataset
 from fedrec.train.device import DeviceRound, device_evaluate, device_train
+
+from .secure_eval import SecureEvalHandler, register_secure_eval
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mo
     from .secagg import register_secagg
 
     register_secagg(app, source)
+    register_secure_eval(app, SecureEvalHandler(source, parse_downlink, load_state, _scale))
     return app
 
 
@@ -68,6 +73,7 @@ class TrainHandler:
         self.source = source
 
     def __call__(self, msg: Message, context: Context) -> Message:
+        refuse_plain_under_secagg(msg)
         state = load_state(context)
         out = train_device(msg, context, state, self.source)
         save_state(context, state)
@@ -84,11 +90,26 @@ class EvaluateHandler:
         self.source = source
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        cfg, glob, _ = parse_downlink(msg)
+        cfg, glob, _ = refuse_plain_under_secagg(msg)
         sums = device_evaluate(self.source(context, cfg), load_state(context), glob, model=cfg.model,
                                local=cfg.fed.local, scale=_scale(cfg), seed=cfg.fed.seed, privacy=privacy_plan(cfg))
         flat: dict[str, Any] = dict(sums.flat())
         return Message(RecordDict({wire.RECORD_METRICS: MetricRecord(flat)}), reply_to=msg)
+
+
+def refuse_plain_under_secagg(msg: Message) -> tuple[RunConfig, GlobalParams, int]:
+    """The downlink, unless the run aggregates securely: then a plain reply would leave the device in the clear.
+
+    Raises
+    ------
+    SecAggError
+        ``secagg.enabled`` is on (Flower turns it into an error reply, which carries nothing).
+    """
+    cfg, glob, rnd = parse_downlink(msg)
+    if cfg.secagg.enabled:
+        raise SecAggError(f"{msg.metadata.message_type}: refused, this run aggregates securely (secagg.enabled); "
+                          "training and evaluation answer only through the secure sum")
+    return cfg, glob, rnd
 
 
 def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider) -> DeviceRound:

@@ -49,7 +49,8 @@ class PersistDeviceState:
             restore(table, device, context)
         reply = call_next(msg, context)
         config = msg.content.config_records.get(wire.RECORD_CONFIG)
-        if msg.metadata.message_type != wire.MSG_EVALUATE and config is not None and not reply.has_error():
+        training = not msg.metadata.message_type.startswith(wire.MSG_EVALUATE)
+        if training and config is not None and not reply.has_error():
             table.write(device, int(config[wire.CFG_ROUND]), persisted(load_state(context)))  # type: ignore[arg-type]
         return reply
 

@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Scalar] = {
     "secagg.clip": 1.0,
     "secagg.timeout": 600.0,
     "secagg.pipeline": True,
+    "secagg.eval-min-cohort": 5,
 }
 
 # Keys that are valid but have no default (absent means "not set").
@@ -123,6 +124,8 @@ class SecAggSpec:
     timeout: float
     pipeline: bool = True
     """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
+    eval_min_cohort: int = 5
+    """Fewest devices whose evaluation sums the server may unmask together (the evaluation round's threshold)."""
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,7 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
     return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
                       _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"),
-                      _get(flat, "secagg.pipeline", bool))
+                      _get(flat, "secagg.pipeline", bool), _int(flat, "secagg.eval-min-cohort", low=2))
 
 
 _DATASET_CACHE: dict[tuple[Any, ...], Any] = {}

@@ -41,6 +41,7 @@ from fedrec.train.federated import ServerState
 from .privacy import ServerPrivacy, make_server_privacy
 from .records import config_record, global_record, metric_values, train_content, update_arrays
 from .secagg import SecureRounds
+from .secure_eval import secure_evaluate
 
 log = logging.getLogger("flwr.fedrec")  # a child of Flower's logger: round lines reach `flwr log`
 
@@ -98,7 +99,7 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
                                "aggregate_seconds": done - applied,
                                **privacy.report(device_metrics)}
         if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
-            row.update(evaluate_round(grid, cfg, state, nodes, rnd))
+            row.update(evaluate_round(grid, cfg, state, nodes, rnd, rating_scale=catalogue.rating_scale))
         _record(run_dir, state, cfg, row, privacy.state(), start)
         result.history.append(row)
         if on_round:
@@ -167,8 +168,15 @@ def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[s
     return update_arrays(reply, n_items, dim)
 
 
-def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int) -> dict[str, float]:
-    """Every device evaluates on its held-out rows; only sums and counts come back."""
+def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
+                   rating_scale: tuple[float, float] | None = None) -> dict[str, float]:
+    """Every device evaluates on its held-out rows; only sums and counts come back.
+
+    Under secure aggregation they come back through the secure sum (:mod:`.secure_eval`):
+    the server sees the totals of at least ``secagg.eval-min-cohort`` devices, never one device's.
+    """
+    if cfg.secagg.enabled:
+        return secure_evaluate(grid, cfg, state, nodes, rnd, rating_scale=rating_scale)
     content = train_content(global_record(state.glob),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
     replies = _send(grid, content, wire.MSG_EVALUATE, nodes, rnd, cfg.round_timeout)
