@@ -27,7 +27,7 @@ from flwr.app import ConfigRecord, Context, Message
 from fedrec import wire
 from fedrec.store.device_table import DeviceStateTable, persisted
 
-from .app import load_state, save_state
+from .records import load_state, save_state
 
 
 @dataclass(frozen=True)

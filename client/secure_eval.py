@@ -26,42 +26,30 @@ from flwr.clientapp import ClientApp
 
 from fedrec import wire
 from fedrec.errors import SecAggError
+from fedrec.federated.device import device_evaluate
 from fedrec.metrics.secure_sum import eval_segments
-from fedrec.privacy.plan import privacy_plan
-from fedrec.runconfig import RunConfig
 from fedrec.secagg import handle_secagg_parts
-from fedrec.train.device import device_evaluate
 
+from .device import SourceProvider
+from .records import load_state, parse_downlink
 from .secagg import message_parts, part_records
-
-SourceProvider = Callable[[Context, RunConfig], Any]
-Downlink = Callable[[Message], tuple[RunConfig, Any, int]]
 
 #: Key, in the evaluation protocol state, of the latest setup's (threshold, cohort size).
 _SETUP_SIZE = "fedrec.eval.setup"
 
 
-def register_secure_eval(app: ClientApp, handler: SecureEvalHandler) -> None:
+def register_secure_eval(app: ClientApp, source: SourceProvider) -> None:
     """Register the secure evaluation handler (message type ``evaluate.secagg``) on ``app``."""
     category, action = wire.MSG_SECAGG_EVAL.split(".")
     assert category == "evaluate"
-    app.evaluate(action)(handler)
+    app.evaluate(action)(SecureEvalHandler(source))
 
 
 @dataclass(frozen=True)
 class SecureEvalHandler:
-    """Answer every part of an ``evaluate.secagg`` message.
-
-    A module-level class (cheap to pickle with every message). The ClientApp
-    hands it its own helpers: the device's rows (``source``), the downlink
-    parser, the training state and the rating scale, so that this module does
-    not depend on the app that registers it.
-    """
+    """Answer every part of an ``evaluate.secagg`` message (a module-level class: cheap to pickle)."""
 
     source: SourceProvider
-    downlink: Downlink
-    device_state: Callable[[Context], dict[str, np.ndarray]]
-    rating_scale: Callable[[RunConfig], tuple[float, float] | None]
 
     def __call__(self, msg: Message, context: Context) -> Message:
         parts = message_parts(msg)
@@ -88,15 +76,16 @@ class SecureEvalHandler:
         """``segments()`` for the mask part: the device's metric sums on the downlink table, as the eval layout."""
 
         def segments() -> dict[str, np.ndarray]:
-            cfg, glob, _ = self.downlink(msg)
+            down = parse_downlink(msg)
+            cfg = down.cfg
             threshold, cohort = (int(v) for v in state.get(_SETUP_SIZE, np.zeros(2, np.int64)))
             minimum = cfg.secagg.eval_min_cohort
             if threshold < minimum or cohort < minimum:
                 raise SecAggError(f"evaluation round with threshold {threshold} among {cohort} devices: below "
                                   f"secagg.eval-min-cohort = {minimum}, refused")
-            scale = self.rating_scale(cfg)
-            sums = device_evaluate(self.source(context, cfg), self.device_state(context), glob, model=cfg.model,
-                                   local=cfg.fed.local, scale=scale, seed=cfg.fed.seed, privacy=privacy_plan(cfg))
+            scale = down.rating_scale
+            sums = device_evaluate(self.source(context, cfg), load_state(context), down.glob, model=cfg.model,
+                                   local=cfg.fed.local, scale=scale, seed=cfg.fed.seed, privacy=cfg.privacy_plan())
             return eval_segments(sums, kind=cfg.model.kind, rating_scale=scale,
                                  users_per_client=cfg.data.users_per_client)
 

@@ -13,24 +13,38 @@ yields no metrics for that round, never a partial, unmasked substitute.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flwr.serverapp import Grid
 
 from fedrec import wire
+from fedrec.federated.server_state import ServerState
 from fedrec.metrics.secure_sum import eval_layout, eval_totals
 from fedrec.runconfig import RunConfig
 from fedrec.secagg import RoundPipeline, RoundPlan, SecAggError, resolve_threshold
-from fedrec.train.federated import ServerState
 
+from .records import config_record, global_record, train_content
 from .secagg import GridTrip, neighbours_for, threshold_for
 
 log = logging.getLogger(__name__)
 
 
 class EvalTrip(GridTrip):
-    """A trip of an evaluation round: ``evaluate.secagg`` messages, the mask message carrying the table."""
+    """A trip of an evaluation round: ``evaluate.secagg`` messages, the mask message carrying the table
+    and, as a plain evaluation's downlink does, the public rating scale."""
 
     message_type = wire.MSG_SECAGG_EVAL
+
+    def __init__(self, grid: Grid, cfg: RunConfig, state: ServerState, rnd: int, *,
+                 rating_scale: tuple[float, float] | None) -> None:
+        super().__init__(grid, cfg, state, rnd)
+        self.rating_scale = rating_scale
+
+    def _training_records(self) -> dict[str, Any]:
+        glob = self.state.glob
+        content = train_content(global_record(glob), config_record(
+            self.cfg.flat, round_=self.rnd, global_mean=glob.global_mean, rating_scale=self.rating_scale))
+        return dict(content.items())
 
 
 def eval_plan(cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
@@ -60,7 +74,7 @@ def secure_evaluate(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[
     if plan is None:
         return {}
     try:
-        result = RoundPipeline().run(EvalTrip(grid, cfg, state, rnd), plan)
+        result = RoundPipeline().run(EvalTrip(grid, cfg, state, rnd, rating_scale=rating_scale), plan)
     except SecAggError as exc:
         log.error("round %d: secure evaluation aborted, no metrics this round: %s", rnd, exc)
         return {}

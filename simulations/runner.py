@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partition_users
+from fedrec.data.spec import load_run_dataset
 from fedrec.errors import CheckpointError, ConfigError
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedrec.store.device_table import DEVICE_STATE_FILE, DeviceStateTable, remove_table

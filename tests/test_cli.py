@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from fedrec.cli import main
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.federated.server_state import ServerState
+from fedrec.runconfig import RunConfig
 from fedrec.store.checkpoint import MAGIC, checkpoint_bytes, previous_path, save_checkpoint
-from fedrec.train.federated import ServerState
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "synthetic.n-users=6", "--set", "synthetic.n-items=20", "--set", "model.dim=4", "--rounds", "2"]

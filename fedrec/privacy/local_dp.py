@@ -199,7 +199,7 @@ def dp_local_train(
         The round's sampling rate, step count and divisor. None derives them
         from the device's rating count (:func:`local_schedule`, ``batch_size``
         being the expected batch); a run passes its public, population-wide
-        schedule (:meth:`~fedrec.privacy.plan.RatingLevelPlan.schedule`) so
+        schedule (:meth:`~fedrec.federated.plan.RatingLevelPlan.schedule`) so
         that epsilon does not depend on the device's data.
 
     Raises

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from fedrec.errors import CheckpointError, ConfigError, FedRecError
+from fedrec.federated.server_state import ServerState
 from fedrec.model.params import GlobalParams
 from fedrec.store.atomic import atomic_write_bytes
 from fedrec.train.aggregate import AVERAGINGS, ServerOptConfig, ServerOptimizer
-from fedrec.train.federated import ServerState
 
 FORMAT = "fedrec-checkpoint/2"
 #: The checkpoint's name in a run folder (its predecessor: :func:`previous_path`).

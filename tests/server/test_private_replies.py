@@ -23,11 +23,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedrec import wire
+from fedrec.data.spec import load_run_dataset
+from fedrec.federated.device import device_evaluate
+from fedrec.federated.server_state import ServerState
 from fedrec.metrics.core import MetricSums
-from fedrec.privacy.plan import privacy_plan
-from fedrec.runconfig import RunConfig, load_run_dataset
-from fedrec.train.device import device_evaluate
-from fedrec.train.federated import ServerState
+from fedrec.runconfig import RunConfig
 
 N_DEVICES = 12
 SMALL = {"synthetic.n-users": N_DEVICES, "synthetic.n-items": 30, "synthetic.mean-interactions": 12,
@@ -140,7 +140,7 @@ def test_secure_evaluation_returns_the_cohorts_exact_metrics() -> None:
         ctx = Context(run_id=0, node_id=pid, node_config={"partition-id": pid}, state=None, run_config={})  # type: ignore[arg-type]
         expected.merge(device_evaluate(simulation_source(ctx, cfg), {}, box["state"].glob, model=cfg.model,
                                        local=cfg.fed.local, scale=data.rating_scale, seed=cfg.fed.seed,
-                                       privacy=privacy_plan(cfg)))
+                                       privacy=cfg.privacy_plan()))
     want = expected.result()
     got = box["secure"]
     assert got["eval_devices"] == N_DEVICES

@@ -2,8 +2,8 @@
 
 A policy sees only what the server sees: the node list and the summed update
 of a round (devices state nothing else but ``ok``). It is pure (no transport):
-the Flower ServerApp (``server/privacy.py``) and the in-process reference loop
-(:func:`fedrec.train.federated.run_reference`) call the same methods in the
+the Flower ServerApp (``server/loop.py``) and the in-process reference loop
+(:func:`fedrec.federated.reference.run_reference`) call the same methods in the
 same order, with the same random generator, so DP behaves identically in both:
 
     if not policy.allows_next_round(): stop
@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from fedrec.errors import ConfigError, PrivacyError
+from fedrec.federated.plan import OFF, PrivacyPlan, RatingLevelPlan, UserLevelPlan, check_population
+from fedrec.federated.server_state import sample_cohort
 from fedrec.privacy.accounting import PrivacyAccountant
 from fedrec.privacy.noise import gaussian_noise
-from fedrec.privacy.plan import OFF, PrivacyPlan, RatingLevelPlan, UserLevelPlan, check_population
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import sample_cohort
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class RatingLevelPolicy(ServerPolicy):
 
     The devices send nothing about their budgets. Every device runs the same
     public schedule, so after ``r`` rounds no device can have spent more than
-    :meth:`~fedrec.privacy.plan.RatingLevelPlan.worst_case_epsilon` (a device
+    :meth:`~fedrec.federated.plan.RatingLevelPlan.worst_case_epsilon` (a device
     sampled in every round, capped where its budget stops it): that is the
     ``epsilon`` of each round row, the guarantee every device of the run enjoys.
     """
