@@ -3,6 +3,8 @@
 * ``client/device.py`` — plain training and evaluation, the source providers and
   the training call both train paths share.
 * ``client/secagg.py`` — the ``train.secagg`` handler of secure aggregation.
+* ``client/secure_eval.py`` — the ``evaluate.secagg`` handler: evaluation through the secure sum.
+* ``client/persist.py`` — the mod keeping simulated devices' state in the run's device-state table.
 * ``client/records.py`` — Flower records to fedrec payloads and back.
 
 ``app`` is the component ``flwr run`` loads; :func:`make_client_app` builds a
@@ -16,6 +18,7 @@ from flwr.clientapp.typing import Mod
 
 from .device import EvaluateHandler, SourceProvider, TrainHandler, simulation_source
 from .secagg import register_secagg
+from .secure_eval import register_secure_eval
 
 
 def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mod] | None = None) -> ClientApp:
@@ -24,6 +27,7 @@ def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mo
     app.train()(TrainHandler(source))
     app.evaluate()(EvaluateHandler(source))
     register_secagg(app, source)
+    register_secure_eval(app, source)
     return app
 
 

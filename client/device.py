@@ -4,7 +4,8 @@ The device reads its interactions through an :class:`InteractionSource` chosen
 by a *source provider*: in simulation, its partition of the run's dataset
 (``partition-id`` from the node config); in deployment, the on-device store.
 Its private state (user factors) lives in ``Context.state`` and never enters a
-reply. Replies carry only the dense update or evaluation sums and counts.
+reply. Replies carry only the dense update or evaluation sums and counts; under
+secure aggregation both handlers refuse (the secure paths answer instead).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from flwr.app import Context, Message
 from fedrec import wire
 from fedrec.data.partition import InteractionSource, PartitionSource, partitions
 from fedrec.data.spec import load_run_dataset
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, SecAggError
 from fedrec.federated.device import DeviceRound, device_evaluate, device_train
 from fedrec.runconfig import RunConfig
 
-from .records import load_state, metrics_content, parse_downlink, save_state, update_content
+from .records import Downlink, load_state, metrics_content, parse_downlink, save_state, update_content
 
 SourceProvider = Callable[[Context, RunConfig], InteractionSource]
 _PARTITIONS: dict[int, list[PartitionSource]] = {}
@@ -49,6 +50,7 @@ class TrainHandler:
         self.source = source
 
     def __call__(self, msg: Message, context: Context) -> Message:
+        refuse_plain_under_secagg(msg)
         state = load_state(context)
         out = train_device(msg, context, state, self.source)
         save_state(context, state)
@@ -62,12 +64,27 @@ class EvaluateHandler:
         self.source = source
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        down = parse_downlink(msg)
+        down = refuse_plain_under_secagg(msg)
         cfg = down.cfg
         sums = device_evaluate(self.source(context, cfg), load_state(context), down.glob, model=cfg.model,
                                local=cfg.fed.local, scale=down.rating_scale, seed=cfg.fed.seed,
                                privacy=cfg.privacy_plan())
         return Message(metrics_content(sums.flat()), reply_to=msg)
+
+
+def refuse_plain_under_secagg(msg: Message) -> Downlink:
+    """The downlink, unless the run aggregates securely: then a plain reply would leave the device in the clear.
+
+    Raises
+    ------
+    SecAggError
+        ``secagg.enabled`` is on (Flower turns it into an error reply, which carries nothing).
+    """
+    down = parse_downlink(msg)
+    if down.cfg.secagg.enabled:
+        raise SecAggError(f"{msg.metadata.message_type}: refused, this run aggregates securely (secagg.enabled); "
+                          "training and evaluation answer only through the secure sum")
+    return down
 
 
 def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider) -> DeviceRound:

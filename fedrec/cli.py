@@ -1,7 +1,10 @@
 """The ``fedrec`` command: one dispatcher, each subcommand living with its layer.
 
 Subcommands are imported lazily, so ``fedrec --help`` is fast and Flower is only
-loaded when a Flower subcommand runs. Nothing imports this module.
+loaded when a Flower subcommand runs. Nothing imports this module. Every
+:class:`~fedrec.errors.FedRecError` a subcommand raises becomes one line on
+stderr and exit code 2, never a traceback: the error's message names the file,
+line or key and the rule broken.
 """
 
 from __future__ import annotations
@@ -38,8 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"fedrec: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest))
+    from fedrec.errors import FedRecError
+
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        return int(module.main(rest))
+    except FedRecError as exc:
+        print(error_line(name, exc), file=sys.stderr)
+        return 2
+
+
+def error_line(command: str, exc: BaseException) -> str:
+    """One line for stderr: the command, then the error's own message (which names the file or key)."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"fedrec {command}: error: {message}"
 
 
 if __name__ == "__main__":

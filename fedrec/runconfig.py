@@ -29,6 +29,7 @@ from fedrec.federated.plan import (
     LOCAL_EPOCHS_KEY,
     MIN_SURVIVORS_KEY,
     PLAN_KEYS,
+    RATING_RATE_KEY,
     PrivacyPlan,
     build_plan,
 )
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 Scalar = bool | int | float | str
 
 # Keys that are valid but have no default (absent means "not set").
-OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors")
+OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors",
+                 "dp.rating-rate")
 
 SYNTHETIC_PREFIX = "synthetic."
 
@@ -75,6 +77,8 @@ class SecAggSpec:
     timeout: float = 600.0
     pipeline: bool = True
     """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
+    eval_min_cohort: int = 5
+    """Fewest devices whose evaluation sums the server may unmask together (the evaluation round's threshold)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class RunConfig:
     def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
         """Resolve defaults, protocol presets and overrides; validate everything."""
         flat = resolve(overrides or {})
+        check_finite(flat)
         cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
                   min_clients=_int(flat, "min-clients", low=1), run_dir=_get(flat, "run-dir", str))
@@ -110,7 +115,8 @@ class RunConfig:
         return build_plan(self.dp, rounds=self.fed.rounds, lr=self.fed.local.lr,
                           local_epochs=_opt_int(self.flat, LOCAL_EPOCHS_KEY),
                           batch_size=_opt_int(self.flat, BATCH_SIZE_KEY),
-                          min_survivors=_opt_int(self.flat, MIN_SURVIVORS_KEY))
+                          min_survivors=_opt_int(self.flat, MIN_SURVIVORS_KEY),
+                          rating_rate=_opt_float(self.flat, RATING_RATE_KEY))
 
     def for_population(self, population: int) -> RunConfig:
         """This configuration for ``population`` devices: distributed noise's ``t_min`` resolved.
@@ -151,7 +157,7 @@ KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
     "strategy.server-lr": (ServerOptConfig, "lr"),
     **{f"strategy.{name}": (ServerOptConfig, name) for name in ("beta1", "beta2", "eps")},
     **{key: (DPConfig, name) for name, key in DP_KEYS.items() if _field(DPConfig, name) is not None},
-    **{f"secagg.{f.name}": (SecAggSpec, f.name) for f in fields(SecAggSpec)},
+    **{f"secagg.{f.name.replace('_', '-')}": (SecAggSpec, f.name) for f in fields(SecAggSpec)},
 }
 
 #: key -> default, derived from the config dataclasses.
@@ -196,8 +202,12 @@ def _check_privacy(cfg: RunConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
             raise ConfigError(f"{key}: must be an integer >= 1, got {value!r}")
+    rate = flat.get(RATING_RATE_KEY)
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or not 0 < rate <= 1):
+        raise ConfigError(f"{RATING_RATE_KEY}: must be a probability in (0, 1], got {rate!r}")
     if dp.unit != "rating":
-        for key in (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY):
+        for key in (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY, RATING_RATE_KEY):
             if flat.get(key) is not None:
                 raise ConfigError(f"{key}: only used by rating-level DP-SGD, but dp.unit={dp.unit!r}")
     if flat.get(MIN_SURVIVORS_KEY) is not None and not (dp.unit == "user" and dp.noise == "distributed"):
@@ -262,6 +272,21 @@ def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
         flat.update(DP_PRESET)
     flat.update({k: v for k, v in overrides.items() if v is not None})
     return flat
+
+
+#: Float keys where ``inf`` has a meaning (no noise); every other float key must be finite.
+INFINITE_ALLOWED = ("dp.epsilon",)
+
+
+def check_finite(flat: Mapping[str, Scalar]) -> None:
+    """Refuse NaN in any key and infinity outside :data:`INFINITE_ALLOWED`, naming the key."""
+    for key, value in flat.items():
+        if not isinstance(value, float) or math.isfinite(value):
+            continue
+        if math.isnan(value):
+            raise ConfigError(f"{key}: must be a number, got nan")
+        if key not in INFINITE_ALLOWED:
+            raise ConfigError(f"{key}: must be finite, got {value}")
 
 
 def parse_value(text: str) -> Scalar:
@@ -392,6 +417,9 @@ def _dp(flat: Mapping[str, Scalar]) -> DPConfig:
 
 def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
     threshold = _positive(flat, "secagg.threshold")
+    if threshold > 1 and not threshold.is_integer():
+        raise ConfigError(f"secagg.threshold: a fraction in (0, 1] or a whole number of devices >= 2, "
+                          f"got {threshold}")
     neighbours = str(flat["secagg.neighbours"])
     if neighbours not in ("all", "auto") and not (neighbours.isdigit() and int(neighbours) >= 2):
         raise ConfigError(f"secagg.neighbours: 'all', 'auto' or an integer >= 2, got {neighbours!r}")
@@ -400,7 +428,12 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
     return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
                       _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"),
-                      _get(flat, "secagg.pipeline", bool))
+                      _get(flat, "secagg.pipeline", bool), _int(flat, "secagg.eval-min-cohort", low=2))
+
+
+def _opt_float(flat: Mapping[str, Any], key: str) -> float | None:
+    value = flat.get(key)
+    return None if value is None else float(value)
 
 
 def _opt_int(flat: Mapping[str, Any], key: str) -> int | None:

@@ -12,7 +12,8 @@ Downlink (server -> device), every device receives the same full table:
                        (``rating-min``, ``rating-max``), so no device loads data to learn it
 Uplink (device -> server), plain aggregation:
     ``RECORD_UPDATE``  dense ``item_factors``, ``item_bias``, ``counts`` deltas
-    ``RECORD_METRICS`` ``ok`` and, under rating-level DP, ``epsilon``/``budget-exhausted``
+    ``RECORD_METRICS`` ``ok`` only (no epsilon, no budget flag: rating-level
+    epsilon is a public function of the rounds a device took part in)
 Secure aggregation, both ways: one ``MSG_SECAGG`` message per device and
 trip carries one *part* per protocol stage it holds (``SECAGG_SETUP`` ...
 ``SECAGG_UNMASK``; at most one part per stage, and with pipelined rounds two
@@ -24,6 +25,11 @@ update is the same three segments, quantized and masked in one array; a
 downlink with a mask part adds ``RECORD_GLOBAL`` and ``RECORD_CONFIG``, and
 its uplink may add ``RECORD_METRICS``.
 Evaluation uplink: ``RECORD_METRICS`` with ``<metric>.sum`` / ``<metric>.count`` only.
+Under secure aggregation evaluation is a ``MSG_SECAGG_EVAL`` round with the same
+parts as ``MSG_SECAGG`` (its mask message carries the table and configuration),
+whose masked vector holds the metric sums and counts
+(:mod:`fedrec.metrics.secure_sum`); the reply holds no metric at all, and the
+device refuses plain ``MSG_TRAIN`` and ``MSG_EVALUATE`` messages.
 
 User factors, user biases, ratings and item-id lists have no key here: there is
 no way to put them in a message through this contract.
@@ -35,6 +41,7 @@ from __future__ import annotations
 MSG_TRAIN = "train"
 MSG_EVALUATE = "evaluate"
 MSG_SECAGG = "train.secagg"
+MSG_SECAGG_EVAL = "evaluate.secagg"  # an evaluation round through the secure sum (same parts as MSG_SECAGG)
 
 # Secure-aggregation stages: the parts a MSG_SECAGG message may carry, in protocol order.
 SECAGG_SETUP = "setup"
@@ -56,6 +63,8 @@ STATE_LOCAL = "fedrec.local"
 STATE_PRIVACY = "fedrec.privacy"
 STATE_SECAGG = "fedrec.secagg"
 STATE_STREAM = "fedrec.stream"  # the device's training-randomness stream offset
+STATE_EVAL_SECAGG = "fedrec.eval.secagg"  # the secure evaluation rounds' own protocol state
+STATE_RESTORED = "fedrec.restored"  # marks a simulated device whose persisted state was read back
 
 # Array names.
 ARRAY_ITEM_FACTORS = "item_factors"
@@ -78,8 +87,6 @@ CFG_RUN = "run."  # prefix: the flat run configuration, forwarded to devices
 
 # Metric keys (uplink).
 MET_OK = "ok"
-MET_EPSILON = "epsilon"
-MET_BUDGET_EXHAUSTED = "budget-exhausted"
 MET_SUM_SUFFIX = ".sum"
 MET_COUNT_SUFFIX = ".count"
 

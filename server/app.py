@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.data.spec import load_run_dataset
+from fedrec.errors import FedRecError
 from fedrec.runconfig import RunConfig
 
 from .loop import Catalogue, RoundCallback, RunResult, run_on_grid
@@ -26,13 +27,24 @@ def catalogue_for(cfg: RunConfig) -> Catalogue:
 
 
 def make_server_app(cfg: RunConfig, *, run_dir: Path | None = None, on_round: RoundCallback | None = None,
-                    resume: bool = False, results: list[RunResult] | None = None) -> ServerApp:
-    """A ServerApp bound to a resolved configuration (used by the simulation runner)."""
+                    resume: bool = False, results: list[RunResult] | None = None,
+                    errors: list[FedRecError] | None = None) -> ServerApp:
+    """A ServerApp bound to a resolved configuration (used by the simulation runner).
+
+    A :class:`FedRecError` the run raises is appended to ``errors`` (when given) so
+    the caller can report it: Flower's simulation only logs what its ServerApp raises.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
+        try:
+            result = run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
+        except FedRecError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            return
         if results is not None:
             results.append(result)
 

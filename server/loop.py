@@ -36,16 +36,17 @@ from fedrec.federated.server_state import ServerState, prior_mean
 from fedrec.metrics.core import MetricSums
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
-from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
+from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums
 
 from .records import config_record, global_record, metric_values, train_content, update_arrays
 from .secagg import SecureRounds
+from .secure_eval import secure_evaluate
 
 log = logging.getLogger("flwr.fedrec")  # a child of Flower's logger: round lines reach `flwr log`
 
 RoundCallback = Callable[[dict[str, Any]], None]
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = CHECKPOINT_FILE
 METRICS = "metrics.jsonl"
 
 
@@ -123,13 +124,10 @@ def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
 def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool,
                    privacy: ServerPolicy) -> ServerState:
     if resume:
-        if run_dir is None or not (run_dir / CHECKPOINT).exists():
-            raise CheckpointError(f"resume: no {CHECKPOINT} in {run_dir}")
-        state, extra = load_checkpoint(run_dir / CHECKPOINT)
+        if run_dir is None:
+            raise CheckpointError("resume: no run folder given")
+        state, extra = load_checkpoint(run_dir / CHECKPOINT, n_items=catalogue.n_items, dim=cfg.model.dim)
         privacy.load_state_dict(extra.get("privacy", {}))
-        if state.glob.n_items != catalogue.n_items or state.glob.dim != cfg.model.dim:
-            raise CheckpointError(f"{run_dir / CHECKPOINT}: table {state.glob.item_factors.shape} does not match "
-                                  f"the configuration ({catalogue.n_items} items, dim {cfg.model.dim})")
         log.info("resuming from round %d", state.round)
         return state
     mu = prior_mean(cfg.model.kind, catalogue.rating_scale)
@@ -175,8 +173,13 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
     """Every device evaluates on its held-out rows; only sums and counts come back.
 
     The downlink carries the public rating scale (predictions are clipped to
-    it), so a device never loads the run's data to learn it.
+    it), so a device never loads the run's data to learn it. Under secure
+    aggregation the sums come back through the secure sum (:mod:`.secure_eval`):
+    the server sees the totals of at least ``secagg.eval-min-cohort`` devices,
+    never one device's.
     """
+    if cfg.secagg.enabled:
+        return secure_evaluate(grid, cfg, state, nodes, rnd, rating_scale=rating_scale)
     content = train_content(global_record(state.glob),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean,
                                           rating_scale=rating_scale))
@@ -202,7 +205,9 @@ def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[
     """Checkpoint, then the metrics line (with the checkpoint's cost), then the log line."""
     if run_dir is not None:
         saved = time.perf_counter()
-        save_checkpoint(run_dir / CHECKPOINT, state, extra={"config": dict(cfg.flat), "privacy": privacy_state})
+        # the round's row rides in the checkpoint: a crash between the two writes loses no metrics line
+        save_checkpoint(run_dir / CHECKPOINT, state,
+                        extra={"config": dict(cfg.flat), "privacy": privacy_state, "row": dict(row)})
         row["checkpoint_seconds"] = time.perf_counter() - saved
     row["seconds"] = time.perf_counter() - start
     log.info("round %d: %s", row["round"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

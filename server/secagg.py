@@ -163,6 +163,9 @@ class GridTrip:
     and the reply's plain metrics are kept.
     """
 
+    #: The messages' type (an evaluation round through the secure sum uses ``wire.MSG_SECAGG_EVAL``).
+    message_type = wire.MSG_SECAGG
+
     def __init__(self, grid: Grid, cfg: RunConfig, state: ServerState, rnd: int) -> None:
         self.grid, self.cfg, self.state, self.rnd = grid, cfg, state, rnd
         self.metrics: dict[int, dict[str, float]] = {}
@@ -199,7 +202,7 @@ class GridTrip:
                 content.update(records[id(payload)])
                 if stage == wire.SECAGG_MASK:
                     content.update(training)
-            messages.append(Message(RecordDict(content), dst_node_id=node, message_type=wire.MSG_SECAGG,
+            messages.append(Message(RecordDict(content), dst_node_id=node, message_type=self.message_type,
                                     group_id=str(self.rnd), ttl=self.cfg.secagg.timeout))
         return messages
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     validate(cfg)
     with _progress(cfg, enabled=not args.json) as on_round:
         result = simulate(cfg, run_dir, resume=args.resume, on_round=on_round, verbose=args.verbose)
-    out = {**_finite(result.final), "rounds": len(result.history), "seconds": result.seconds,
+    out = {**_finite(result.final), "rounds": result.rounds, "seconds": result.seconds,
            "run_dir": str(result.run_dir), "dataset": cfg.data.dataset, "protocol": cfg.data.protocol,
            "dp_unit": cfg.dp.unit}
     if args.json:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except FedRecError as exc:
-        print(f"fedrec simulate: error: {exc}", file=sys.stderr)
+        print(f"fedrec simulate: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

@@ -15,14 +15,18 @@ from typing import Any
 
 from fedrec.data.partition import partition_users
 from fedrec.data.spec import load_run_dataset
+from fedrec.errors import CheckpointError, ConfigError
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
+from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedrec.store.device_table import DEVICE_STATE_FILE, DeviceStateTable, remove_table
 
 from .report import write_plot, write_report
 
 log = logging.getLogger(__name__)
 
 RoundHook = Callable[[dict[str, Any]], None]
+METRICS = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class SimulationResult:
     history: list[dict[str, Any]]
     run_dir: Path
     seconds: float
+    rounds: int = 0
+    """Rounds the run has completed in total (a resumed run counts the rounds before the resume)."""
 
 
 def population(cfg: RunConfig) -> int:
@@ -44,18 +50,43 @@ def population(cfg: RunConfig) -> int:
 def validate(cfg: RunConfig) -> int:
     """Everything that can fail before round 1 fails here (data present, cohort fits)."""
     n = population(cfg)
-    cfg.fed.cohort_size(n)
+    size = cfg.fed.cohort_size(n)
+    if cfg.secagg.enabled:
+        check_secagg_threshold(cfg, size)
     return n
+
+
+def check_secagg_threshold(cfg: RunConfig, cohort: int) -> None:
+    """Refuse, before Flower starts and naming the key, a ``secagg.threshold`` the cohort cannot meet."""
+    from fedrec.server.secagg import neighbours_for, threshold_for
+
+    from fedrec.secagg import SecAggError, resolve_threshold
+    from fedrec.secagg.graph import check_threshold
+
+    neighbours = neighbours_for(cfg.secagg, cohort)
+    k = cohort - 1 if neighbours == "all" else int(neighbours)
+    try:
+        t = resolve_threshold(threshold_for(cfg.secagg), n_participants=cohort, neighbours=neighbours)
+        check_threshold(t, k, allow_minority_threshold=False)
+    except SecAggError as exc:
+        raise ConfigError(f"secagg.threshold: {cfg.secagg.threshold:g} does not fit a cohort of {cohort} "
+                          f"devices with {k} neighbours each: {exc}") from exc
 
 
 def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: RoundHook | None = None,
              verbose: bool = False, num_cpus_per_client: float = 1.0) -> SimulationResult:
     """Run every round of ``cfg`` with one virtual Flower SuperNode per device."""
+    n_devices = validate(cfg)
+    table = run_dir / DEVICE_STATE_FILE
+    if resume:
+        DeviceStateTable(table).truncate_after(prepare_resume(cfg, run_dir))
+    else:
+        remove_table(table)
     from fedrec.client.app import make_client_app
+    from fedrec.client.persist import PersistDeviceState
     from fedrec.server.app import make_server_app
     from flwr.simulation import run_simulation
 
-    n_devices = validate(cfg)
     if os.environ.get("FEDREC_LINKSTATE_INDEX", "1") != "0":
         from .flower_linkstate import install
 
@@ -63,26 +94,64 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", to_toml(cfg.flat))
     if not resume:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / METRICS).unlink(missing_ok=True)
     results: list[Any] = []
+    errors: list[Any] = []
     start = time.perf_counter()
     _quiet_flower(verbose)
     run_simulation(
-        server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results),
-        client_app=make_client_app(),
+        server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results,
+                                   errors=errors),
+        client_app=make_client_app(mods=[PersistDeviceState(str(table))]),
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
                         "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}},
         verbose_logging=verbose,
     )
     seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
     if not results:
         raise RuntimeError("the simulation ended without a result (see the log above)")
-    history = results[0].history
+    history = read_history(run_dir / METRICS) if resume else results[0].history
     final = final_metrics(history)
     write_plot(run_dir / "metrics.png", history)
     write_report(run_dir / "report.md", cfg, history, final, seconds)
-    return SimulationResult(final, history, run_dir, seconds)
+    return SimulationResult(final, history, run_dir, seconds, rounds=results[0].state.round)
+
+
+def prepare_resume(cfg: RunConfig, run_dir: Path) -> int:
+    """Check the run folder can be resumed before Flower starts; returns the checkpoint's round.
+
+    The checkpoint must be intact and hold a table of this configuration's
+    shape (a :class:`~fedrec.errors.CheckpointError` naming the file
+    otherwise). ``metrics.jsonl`` is made to end at the checkpoint's round:
+    lines past it are dropped, and the checkpoint's own line is restored if a
+    crash fell between writing the checkpoint and the line.
+    """
+    data = load_run_dataset(cfg.data)
+    state, extra = load_checkpoint(run_dir / CHECKPOINT_FILE, n_items=data.n_items, dim=cfg.model.dim)
+    history = [r for r in read_history(run_dir / METRICS) if int(r["round"]) <= state.round]
+    row = extra.get("row")
+    if isinstance(row, dict) and (not history or int(history[-1]["round"]) < state.round):
+        history.append(row)
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    return state.round
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (empty when the file is missing)."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}:{number}:{exc.colno}: not a JSON metrics line: {exc.msg}") from exc
+    return rows
 
 
 _PER_ROUND = ("sampled", "survivors", "dropouts", "seconds", "train_seconds", "aggregate_seconds",

@@ -12,9 +12,11 @@ leaves it.
 Differential privacy (``privacy``, a :class:`~fedrec.federated.plan.PrivacyPlan`):
 
 * ``rating``: each user trains with DP-SGD (Opacus) instead of the plain local
-  step, with its own accountant kept in the state across rounds; a user whose
-  budget is spent does not train. The device states its largest spent
-  epsilon, and whether all its users are exhausted, in the clear.
+  step, on the run's public schedule (sampling rate, steps, divisor, noise
+  multiplier: :class:`~fedrec.federated.plan.RatingLevelPlan`), with its own
+  accountant kept in the state across rounds; a user whose budget is spent
+  does not train and adds zeros. The device reports nothing about its budget:
+  its epsilon is a public function of the rounds it took part in.
 * ``user``: the plain local step, then the device's whole update (item factors
   and biases jointly) is clipped to ``dp.clip`` and, with distributed noise,
   noised with its share ``(sigma S)^2 / t_min`` (:func:`privatise_update`).
@@ -59,8 +61,7 @@ _NOISE_STREAM = 0x0D9
 class DeviceRound:
     """A device's round output: the summed dense update of its users.
 
-    ``metrics`` are the only scalars a device states in the clear (``ok``, and
-    under rating-level DP its spent ``epsilon`` and ``budget-exhausted``).
+    ``metrics`` are the only scalars a device states in the clear: ``ok``.
     """
 
     update: LocalUpdate
@@ -199,14 +200,20 @@ def _plain_train(source: InteractionSource, state: DeviceState, glob: GlobalPara
 def _rating_level_train(source: InteractionSource, state: DeviceState, glob: GlobalParams, *, model: MFConfig,
                         plan: RatingLevelPlan, seed: int, round_: int, user_offset: int,
                         seeded_noise: bool) -> DeviceRound:
-    """DP-SGD for each user; the spent budget is kept per user and carried across rounds."""
+    """DP-SGD for each user; the spent budget is kept per user and carried across rounds.
+
+    The schedule and noise multiplier are the run's public ones, so what a user
+    has spent is a public function of its rounds: nothing about it is sent. An
+    exhausted user contributes zeros to the device's update, which keeps its
+    shape (under secure aggregation, a masked zero like any other vector).
+    """
     from fedrec.privacy.local_dp import dp_local_train
 
     rows = source.train()
     users = np.unique(rows.users)
     dq = np.zeros(glob.item_factors.shape, np.float64)
     db = np.zeros(glob.n_items, np.float64)
-    spent, exhausted, n_rows, loss = 0.0, 0, 0, 0.0
+    exhausted, n_rows, loss = 0, 0, 0.0
     for user in users:
         mask = rows.users == user
         items, ratings = rows.items[mask], rows.ratings[mask]
@@ -219,12 +226,12 @@ def _rating_level_train(source: InteractionSource, state: DeviceState, glob: Glo
             item_factors=glob.item_factors, item_bias=glob.item_bias, global_mean=glob.global_mean,
             user_factor=params.user_factor, user_bias=params.user_bias, items=items, ratings=ratings,
             lr=plan.lr, epochs=plan.epochs, batch_size=plan.batch_size, reg=model.reg,
-            noise_multiplier=plan.noise_multiplier_for(len(ratings)), max_grad_norm=plan.clip, delta=plan.delta,
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip, delta=plan.delta,
             accountant_state=load_accountant(state, int(user)), accountant=plan.accountant,
             secure_mode=plan.secure_mode, seed=torch_seed, epsilon_budget=plan.epsilon_budget,
+            schedule=plan.schedule(len(ratings)),
         )
         save_accountant(state, int(user), result.accountant_state)
-        spent = max(spent, result.epsilon)
         if result.budget_exhausted:
             exhausted += 1
             continue
@@ -236,9 +243,7 @@ def _rating_level_train(source: InteractionSource, state: DeviceState, glob: Glo
         log.info("device: every user's budget dp.epsilon=%s is spent; sending a zero update", plan.epsilon)
     update = LocalUpdate(dq.astype(np.float32), db.astype(np.float32), np.zeros(glob.n_items, np.float32),
                          n_rows, loss)
-    metrics = {wire.MET_OK: 1.0, wire.MET_EPSILON: float(spent),
-               wire.MET_BUDGET_EXHAUSTED: float(bool(len(users)) and exhausted == len(users))}
-    return DeviceRound(update, len(users), metrics)
+    return DeviceRound(update, len(users))
 
 
 def _noise_rng(secure: bool, seeded: bool, seed: int, round_: int, user_offset: int) -> np.random.Generator:

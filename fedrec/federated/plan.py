@@ -9,13 +9,17 @@ calls :func:`build_plan`), so they cannot disagree.
 
 Rating-level DP (``dp.unit = rating``)
     Each device runs DP-SGD (:func:`~fedrec.privacy.local_dp.dp_local_train`)
-    over its own ratings and keeps its own accountant. With ``dp.epsilon`` the
-    device calibrates its noise multiplier for its rating count and for
-    ``rounds`` participations: the worst case, a device sampled in every round,
-    so a device never runs out of budget before the run ends (with ``cohort < 1``
-    it is therefore noisier than it needs to be on average; set
-    ``dp.noise-multiplier`` to trade that off, the per-device budget check then
-    stops a device at ``dp.epsilon`` if one is reachable).
+    over its own ratings and keeps its own accountant. Every parameter of the
+    mechanism is public and the same on every device: each rating is sampled
+    into a step's batch with probability ``q = dp.rating-rate``, a round is
+    ``epochs * round(1 / q)`` steps, the noisy gradient sum is divided by the
+    public ``dp.batch-size``, and one noise multiplier ``sigma`` serves the
+    whole population (``dp.noise-multiplier``, or calibrated once so that a
+    device taking part in every one of the ``rounds`` rounds spends exactly
+    ``dp.epsilon``). A device's epsilon is therefore a public function of the
+    number of rounds it took part in (:meth:`RatingLevelPlan.epsilon_after`),
+    nothing about it depends on the device's own data, and devices need not
+    (and do not) report it: the server computes the worst case itself.
 
 User-level DP (``dp.unit = user``)
     Each device clips its whole update to ``dp.clip``; the server samples a
@@ -34,7 +38,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from fedrec.errors import ConfigError
-from fedrec.privacy.calibration import noise_multiplier_for, rating_level_noise_multiplier
+from fedrec.privacy.calibration import LocalSchedule, noise_multiplier_for
 from fedrec.privacy.config import DPConfig
 
 log = logging.getLogger(__name__)
@@ -42,38 +46,44 @@ log = logging.getLogger(__name__)
 LOCAL_EPOCHS_KEY = "dp.local-epochs"
 BATCH_SIZE_KEY = "dp.batch-size"
 MIN_SURVIVORS_KEY = "dp.min-survivors"
+RATING_RATE_KEY = "dp.rating-rate"
 #: Run-config keys of the plan that :class:`DPConfig` does not hold.
-PLAN_KEYS: tuple[str, ...] = (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY, MIN_SURVIVORS_KEY)
+PLAN_KEYS: tuple[str, ...] = (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY, MIN_SURVIVORS_KEY, RATING_RATE_KEY)
 
-#: Rating-level DP-SGD defaults when ``dp.local-epochs`` / ``dp.batch-size`` are absent. A
-#: small expected batch makes the DP-SGD divisor ``min(batch, n)`` the same for almost every
-#: device, so every rating moves the table equally and every device adds about the same noise
-#: in total (a device with ``n`` ratings calibrates ``sigma ~ 1/sqrt(n)`` for ``n/batch`` steps);
-#: a batch covering all of a device's ratings divides by ``n`` instead and lets the devices with
-#: the fewest ratings dominate the summed noise.
+#: Rating-level DP-SGD defaults when ``dp.local-epochs`` / ``dp.batch-size`` / ``dp.rating-rate``
+#: are absent: a rating is in a step's batch with probability 1/16 (16 steps an epoch), and the
+#: noisy sum is divided by 4, the expected batch of a device with 64 ratings (about the median
+#: ML-100K user). Every rating then moves the table by the same ``lr / 4`` per epoch on every
+#: device, and every device adds the same noise.
 DEFAULT_LOCAL_EPOCHS = 1
+DEFAULT_RATING_RATE = 1.0 / 16
 DEFAULT_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)
 class RatingLevelPlan:
-    """What every device needs to run rating-level DP-SGD.
+    """What every device needs to run rating-level DP-SGD: all of it public, all of it shared.
 
     Attributes
     ----------
-    lr, epochs, batch_size
-        Plain-SGD learning rate (``local.lr``), local epochs and expected
-        Poisson batch size of one round's DP-SGD.
+    lr, epochs
+        Plain-SGD learning rate (``local.lr``) and local epochs of one round.
+    batch_size
+        The public divisor of a step's noisy gradient sum (``dp.batch-size``):
+        the expected batch of a device holding ``batch_size / sample_rate``
+        ratings. Every device's untouched rows get the same noise.
+    sample_rate
+        ``q``: the probability that a rating is in a step's batch (``dp.rating-rate``).
     clip
         Per-rating gradient clip bound ``C``.
     delta
         Delta of the per-device guarantee.
     epsilon
-        Per-device budget, or None when the noise multiplier is fixed.
+        Per-device budget, or None when only the noise multiplier is fixed.
     noise_multiplier
-        Fixed noise multiplier, or None to calibrate it per device.
+        ``sigma`` of every device (given, or calibrated for ``planned_rounds``).
     planned_rounds
-        Participations the calibration covers (every round of the run).
+        Rounds of the run: the participations the calibration covers.
     accountant, secure_mode
         Opacus accountant and secure-mode flag.
     """
@@ -81,10 +91,11 @@ class RatingLevelPlan:
     lr: float
     epochs: int
     batch_size: int
+    sample_rate: float
     clip: float
     delta: float
     epsilon: float | None
-    noise_multiplier: float | None
+    noise_multiplier: float
     planned_rounds: int
     accountant: str
     secure_mode: bool
@@ -94,24 +105,35 @@ class RatingLevelPlan:
         """The cap a device enforces before each round (``inf`` when none is set)."""
         return math.inf if self.epsilon is None else float(self.epsilon)
 
-    def noise_multiplier_for(self, n_ratings: int) -> float:
-        """Noise multiplier of a device holding ``n_ratings`` ratings.
+    @property
+    def steps_per_round(self) -> int:
+        """DP-SGD steps of one round: ``epochs`` passes of ``round(1 / q)`` steps (each rating once, expected)."""
+        return self.epochs * max(1, round(1.0 / self.sample_rate))
 
-        The fixed ``dp.noise-multiplier``, or the one calibrated so that
-        ``planned_rounds`` rounds of this device's schedule (sampling rate
-        ``batch_size / n_ratings``) spend ``epsilon`` (within 0.01, never
-        more; :func:`~fedrec.privacy.calibration.noise_multiplier_for`). Either way the device's
-        accountant records its real history and refuses a round beyond the
-        budget.
-        """
-        if self.noise_multiplier is not None:
-            return float(self.noise_multiplier)
-        assert self.epsilon is not None
-        return _rating_noise_multiplier(
-            epsilon=float(self.epsilon), delta=self.delta, n_ratings=int(n_ratings),
-            batch_size=self.batch_size, epochs=self.epochs, rounds=self.planned_rounds,
-            accountant=self.accountant,
-        )
+    def schedule(self, n_ratings: int) -> LocalSchedule:
+        """The round's schedule on a device holding ``n_ratings`` (only the sampler's population is its own)."""
+        return LocalSchedule(n_ratings=int(n_ratings), sample_rate=self.sample_rate,
+                             expected_batch_size=float(self.batch_size),
+                             steps_per_epoch=max(1, round(1.0 / self.sample_rate)), steps=self.steps_per_round)
+
+    def epsilon_after(self, participations: int) -> float:
+        """Epsilon of any device after ``participations`` rounds (0 before the first)."""
+        return _epsilon_after(self.noise_multiplier, self.sample_rate, self.steps_per_round * int(participations),
+                              self.delta, self.accountant)
+
+    @property
+    def max_participations(self) -> int:
+        """Rounds a device may take part in before one more would exceed ``dp.epsilon`` (at most the run's)."""
+        if self.epsilon is None or math.isinf(self.epsilon) or self.noise_multiplier == 0:
+            return self.planned_rounds
+        k = 0
+        while k < self.planned_rounds and self.epsilon_after(k + 1) <= self.epsilon:
+            k += 1
+        return k
+
+    def worst_case_epsilon(self, rounds: int) -> float:
+        """The largest epsilon any device can have spent after ``rounds`` rounds of the run."""
+        return self.epsilon_after(min(int(rounds), self.max_participations))
 
 
 @dataclass(frozen=True)
@@ -208,7 +230,8 @@ OFF = PrivacyPlan()
 
 @lru_cache(maxsize=64)
 def build_plan(dp: DPConfig, *, rounds: int, lr: float, local_epochs: int | None = None,
-               batch_size: int | None = None, min_survivors: int | None = None) -> PrivacyPlan:
+               batch_size: int | None = None, min_survivors: int | None = None,
+               rating_rate: float | None = None) -> PrivacyPlan:
     """The plan from its parts (cached: calibration runs once per process and setting).
 
     :meth:`fedrec.runconfig.RunConfig.privacy_plan` reads the parts from a run
@@ -223,10 +246,21 @@ def build_plan(dp: DPConfig, *, rounds: int, lr: float, local_epochs: int | None
     if not dp.enabled:
         return OFF
     if dp.unit == "rating":
+        epochs = DEFAULT_LOCAL_EPOCHS if local_epochs is None else int(local_epochs)
+        q = DEFAULT_RATING_RATE if rating_rate is None else float(rating_rate)
+        steps = epochs * max(1, round(1.0 / q))
+        if dp.noise_multiplier is not None:
+            sigma = float(dp.noise_multiplier)
+        else:
+            assert dp.epsilon is not None
+            sigma = 0.0 if math.isinf(dp.epsilon) else noise_multiplier_for(
+                epsilon=float(dp.epsilon), delta=dp.delta, sample_rate=q, steps=int(rounds) * steps,
+                accountant=dp.accountant)
+            log.info("rating-level noise multiplier %.4f for epsilon=%g delta=%g q=%g over %d rounds of %d steps",
+                     sigma, dp.epsilon, dp.delta, q, rounds, steps)
         return PrivacyPlan("rating", rating=RatingLevelPlan(
-            lr=float(lr), epochs=DEFAULT_LOCAL_EPOCHS if local_epochs is None else int(local_epochs),
-            batch_size=DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size), clip=dp.clip,
-            delta=dp.delta, epsilon=dp.epsilon, noise_multiplier=dp.noise_multiplier,
+            lr=float(lr), epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size),
+            sample_rate=q, clip=dp.clip, delta=dp.delta, epsilon=dp.epsilon, noise_multiplier=sigma,
             planned_rounds=int(rounds), accountant=dp.accountant, secure_mode=dp.secure_mode))
     if dp.noise_multiplier is not None:
         sigma = float(dp.noise_multiplier)
@@ -288,8 +322,11 @@ def _user_noise_multiplier(epsilon: float, delta: float, sample_rate: float, rou
 
 
 @lru_cache(maxsize=4096)
-def _rating_noise_multiplier(*, epsilon: float, delta: float, n_ratings: int, batch_size: int, epochs: int,
-                             rounds: int, accountant: str) -> float:
-    return rating_level_noise_multiplier(epsilon=epsilon, delta=delta, n_ratings=n_ratings,
-                                         batch_size=batch_size, epochs=epochs, rounds=rounds,
-                                         accountant=accountant)
+def _epsilon_after(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    from fedrec.privacy.accounting import epsilon_of
+
+    if steps == 0:
+        return 0.0
+    if sigma == 0:
+        return math.inf
+    return float(epsilon_of(accountant, ((sigma, sample_rate, steps),), delta))

@@ -1,7 +1,7 @@
 """Server-side privacy policy: who takes part, what noise the sum gets, when the run stops.
 
-A policy sees only what the server sees: the node list, the summed update of
-a round and the scalars devices state in the clear. It is pure (no transport):
+A policy sees only what the server sees: the node list and the summed update
+of a round (devices state nothing else but ``ok``). It is pure (no transport):
 the Flower ServerApp (``server/loop.py``) and the in-process reference loop
 (:func:`fedrec.federated.reference.run_reference`) call the same methods in the
 same order, with the same random generator, so DP behaves identically in both:
@@ -15,8 +15,8 @@ same order, with the same random generator, so DP behaves identically in both:
 
 * :class:`ServerPolicy` (``dp.unit = off``): fixed-size cohorts, nothing added.
 * :class:`RatingLevelPolicy`: fixed-size cohorts; the noise is the devices'
-  own (DP-SGD), so the server only summarises the spent budgets they report
-  and stops once every device it hears from is out of budget.
+  own (DP-SGD) on a public schedule, so the server reports the worst-case
+  epsilon of that schedule; devices report nothing.
 * :class:`UserLevelPolicy`: Poisson cohorts with rate ``q``, Gaussian noise
   on the sum (all of it centrally, or the shortfall below ``t_min`` survivors
   under distributed noise), fedavg over the expected cohort ``q N``, one
@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from fedrec import wire
 from fedrec.errors import ConfigError, PrivacyError
 from fedrec.federated.plan import OFF, PrivacyPlan, RatingLevelPlan, UserLevelPlan, check_population
 from fedrec.federated.server_state import sample_cohort
@@ -84,44 +82,41 @@ class ServerPolicy:
 
 
 class RatingLevelPolicy(ServerPolicy):
-    """Rating-level DP: the devices add the noise; the server reports their spent budgets.
+    """Rating-level DP: the devices add the noise; the server reports the worst case of the public schedule.
 
-    Each round row carries the distribution of the epsilons the round's
-    devices stated (``epsilon_min``, ``epsilon_median``, ``epsilon_max``), how
-    many said their budget is spent (``budget_exhausted``) and ``epsilon``: the
-    largest epsilon any device has reported so far, i.e. the guarantee every
-    device of the run enjoys.
+    The devices send nothing about their budgets. Every device runs the same
+    public schedule, so after ``r`` rounds no device can have spent more than
+    :meth:`~fedrec.federated.plan.RatingLevelPlan.worst_case_epsilon` (a device
+    sampled in every round, capped where its budget stops it): that is the
+    ``epsilon`` of each round row, the guarantee every device of the run enjoys.
     """
 
     unit = "rating"
 
     def __init__(self, plan: RatingLevelPlan) -> None:
         self.plan = plan
-        self.max_epsilon = 0.0
-        self.all_exhausted = False
+        self.rounds = 0
+        if plan.max_participations < plan.planned_rounds:
+            log.warning("rating-level budget dp.epsilon=%s covers %d rounds per device; a device sampled more "
+                        "often sends zeros from then on", plan.epsilon, plan.max_participations)
 
-    def allows_next_round(self) -> bool:
-        """False after a round in which every device that replied was out of budget."""
-        return not self.all_exhausted
+    def finish_round(self, sums: RoundSums, rng: np.random.Generator) -> tuple[RoundSums, float | None]:
+        self.rounds += 1
+        return sums, None
 
     def report(self, device_metrics: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-        summary = spent_budget_summary(device_metrics)
-        if summary["epsilon_max"] is not None:
-            self.max_epsilon = max(self.max_epsilon, float(summary["epsilon_max"]))
-        replies = [m for m in device_metrics if wire.MET_BUDGET_EXHAUSTED in m]
-        self.all_exhausted = bool(replies) and all(m[wire.MET_BUDGET_EXHAUSTED] >= 1 for m in replies)
-        if self.all_exhausted:
-            log.warning("every device that replied has spent its budget dp.epsilon=%s", self.plan.epsilon)
-        return {ROW_EPSILON: self.max_epsilon, ROW_DELTA: self.plan.delta, ROW_UNIT: self.unit,
-                ROW_ACCOUNTANT: self.plan.accountant, **summary}
+        plan = self.plan
+        return {ROW_EPSILON: plan.worst_case_epsilon(self.rounds), ROW_DELTA: plan.delta, ROW_UNIT: self.unit,
+                ROW_ACCOUNTANT: plan.accountant, "noise_multiplier": plan.noise_multiplier,
+                "sample_rate": plan.sample_rate, "steps_per_round": plan.steps_per_round,
+                "max_participations": plan.max_participations}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"unit": self.unit, "max_epsilon": self.max_epsilon, "all_exhausted": self.all_exhausted}
+        return {"unit": self.unit, "rounds": self.rounds}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        self.max_epsilon = float(state.get("max_epsilon", 0.0))
-        self.all_exhausted = bool(state.get("all_exhausted", False))
+        self.rounds = int(state.get("rounds", 0))
 
 
 class UserLevelPolicy(ServerPolicy):
@@ -222,13 +217,3 @@ def server_policy(plan: PrivacyPlan | None, *, population: int) -> ServerPolicy:
     if plan.rating is not None:
         return RatingLevelPolicy(plan.rating)
     return ServerPolicy()
-
-
-def spent_budget_summary(device_metrics: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-    """Distribution of the epsilons devices reported in a round, and how many are exhausted."""
-    eps = [float(m[wire.MET_EPSILON]) for m in device_metrics if wire.MET_EPSILON in m]
-    exhausted = sum(1 for m in device_metrics if m.get(wire.MET_BUDGET_EXHAUSTED, 0.0) >= 1)
-    if not eps:
-        return {"epsilon_min": None, "epsilon_median": None, "epsilon_max": None, "budget_exhausted": exhausted}
-    return {"epsilon_min": min(eps), "epsilon_median": statistics.median(eps), "epsilon_max": max(eps),
-            "budget_exhausted": exhausted}

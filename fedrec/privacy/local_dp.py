@@ -162,6 +162,7 @@ def dp_local_train(
     secure_mode: bool = False,
     seed: int | None = None,
     epsilon_budget: float = math.inf,
+    schedule: LocalSchedule | None = None,
 ) -> DPLocalResult:
     """One round of rating-level DP-SGD on a device; returns dense noisy deltas.
 
@@ -194,6 +195,12 @@ def dp_local_train(
     epsilon_budget
         Device budget; a round that would exceed it is refused *before* any
         data is touched.
+    schedule
+        The round's sampling rate, step count and divisor. None derives them
+        from the device's rating count (:func:`local_schedule`, ``batch_size``
+        being the expected batch); a run passes its public, population-wide
+        schedule (:meth:`~fedrec.federated.plan.RatingLevelPlan.schedule`) so
+        that epsilon does not depend on the device's data.
 
     Raises
     ------
@@ -215,9 +222,10 @@ def dp_local_train(
     ledger = PrivacyAccountant(accountant, delta=delta, unit="rating")
     if accountant_state is not None:
         ledger.load_state_dict(accountant_state)
-    schedule = local_schedule(
-        n_ratings=len(problem.ratings), batch_size=batch_size, epochs=epochs
-    )
+    if schedule is None:
+        schedule = local_schedule(n_ratings=len(problem.ratings), batch_size=batch_size, epochs=epochs)
+    elif schedule.n_ratings != len(problem.ratings):
+        raise PrivacyError(f"schedule is for {schedule.n_ratings} ratings, the device holds {len(problem.ratings)}")
     if ledger.would_exceed(
         epsilon_budget=epsilon_budget, noise_multiplier=noise_multiplier,
         sample_rate=schedule.sample_rate, steps=schedule.steps,

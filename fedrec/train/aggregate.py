@@ -102,8 +102,9 @@ class ServerOptConfig:
             raise ConfigError(f"strategy.optimizer: {self.name!r} is not one of {OPTIMIZERS}")
         if self.lr <= 0:
             raise ConfigError(f"strategy.server-lr: must be > 0, got {self.lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError("strategy.beta1/beta2: must be in [0, 1)")
+        for key, beta in (("strategy.beta1", self.beta1), ("strategy.beta2", self.beta2)):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"{key}: must be in [0, 1), got {beta}")
         if self.eps <= 0:
             raise ConfigError(f"strategy.eps: must be > 0, got {self.eps}")
 

@@ -17,7 +17,6 @@ from fedrec.federated.policy import (
     ServerPolicy,
     UserLevelPolicy,
     server_policy,
-    spent_budget_summary,
 )
 from fedrec.privacy.config import DPConfig
 from fedrec.runconfig import RunConfig
@@ -102,25 +101,23 @@ def test_state_round_trip_keeps_the_spent_budget() -> None:
         ServerPolicy().load_state_dict(policy.state_dict())
 
 
-def test_rating_level_report_summarises_spent_budgets() -> None:
+def test_rating_level_report_is_the_worst_case_of_the_public_schedule() -> None:
+    """Devices report nothing; the server's epsilon after r rounds is a device sampled in all r."""
     plan = build_plan(DPConfig(unit="rating", epsilon=8.0), rounds=3, lr=0.1)
+    assert plan.rating is not None
     policy = server_policy(plan, population=10)
     assert isinstance(policy, RatingLevelPolicy)
-    metrics = [{wire.MET_OK: 1.0, wire.MET_EPSILON: e, wire.MET_BUDGET_EXHAUSTED: x}
-               for e, x in ((2.0, 0.0), (5.0, 0.0), (8.0, 1.0))]
-    row = policy.report(metrics)
-    assert row["epsilon_min"] == 2.0 and row["epsilon_median"] == 5.0 and row["epsilon_max"] == 8.0
-    assert row["budget_exhausted"] == 1 and row["epsilon"] == 8.0 and row["dp_unit"] == "rating"
-    assert policy.allows_next_round()
-    policy.report([{wire.MET_EPSILON: 1.0, wire.MET_BUDGET_EXHAUSTED: 0.0}])
-    assert policy.report([])["epsilon"] == 8.0  # the largest epsilon seen so far
-    policy.report([{wire.MET_EPSILON: 8.0, wire.MET_BUDGET_EXHAUSTED: 1.0}] * 3)
-    assert not policy.allows_next_round()
-
-
-def test_spent_budget_summary_without_replies() -> None:
-    assert spent_budget_summary([]) == {"epsilon_min": None, "epsilon_median": None, "epsilon_max": None,
-                                        "budget_exhausted": 0}
+    epsilons = []
+    for _ in range(3):
+        policy.finish_round(_zero_sums(10, 2), np.random.default_rng(0))
+        epsilons.append(policy.report([])["epsilon"])
+    assert epsilons == [plan.rating.epsilon_after(k) for k in (1, 2, 3)]
+    assert epsilons[0] < epsilons[1] < epsilons[2] <= 8.0 and epsilons[2] >= 7.99
+    row = policy.report([])
+    assert row["dp_unit"] == "rating" and row["max_participations"] == 3 and policy.allows_next_round()
+    fresh = server_policy(plan, population=10)
+    fresh.load_state_dict(policy.state_dict())
+    assert fresh.report([])["epsilon"] == epsilons[-1]
 
 
 def test_population_checks() -> None:
@@ -162,7 +159,7 @@ def test_policy_of_a_config_off_and_rating() -> None:
     assert privacy.report([]) == {} and privacy.allows_next_round()
     rating = server_policy(RunConfig.from_flat({**BASE, "dp.unit": "rating", "dp.epsilon": 8}).privacy_plan(),
                            population=1)
-    assert rating.report([{wire.MET_EPSILON: 1.5}])["epsilon"] == 1.5
+    assert rating.report([{wire.MET_OK: 1.0}])["epsilon"] == 0.0  # before any round
 
 
 def test_policy_of_a_config_user_level_round() -> None:
@@ -227,5 +224,4 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
         counts = reply.content.array_records[wire.RECORD_UPDATE][wire.ARRAY_COUNTS].numpy()
         assert not counts.any()
         metrics = dict(reply.content.metric_records[wire.RECORD_METRICS])
-        assert set(metrics) == ({wire.MET_OK, wire.MET_EPSILON, wire.MET_BUDGET_EXHAUSTED}
-                                if unit == "rating" else {wire.MET_OK})
+        assert set(metrics) == {wire.MET_OK}

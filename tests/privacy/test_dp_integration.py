@@ -20,7 +20,8 @@ from fedrec.federated.reference import run_reference
 from fedrec.federated.server_state import FedConfig, ServerState, prior_mean, sample_cohort
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams, LocalParams
-from fedrec.privacy.calibration import local_schedule, noise_multiplier_for
+from fedrec.privacy.accounting import PrivacyAccountant
+from fedrec.privacy.calibration import noise_multiplier_for
 from fedrec.privacy.clipping import global_l2_norm
 from fedrec.privacy.config import DPConfig
 from fedrec.runconfig import RunConfig
@@ -51,34 +52,68 @@ def _rating_plan(**dp: Any) -> PrivacyPlan:
 # --------------------------------------------------------------------------- rating level
 
 
+def _spent(state: dict[str, np.ndarray], user: int) -> float:
+    stored = load_accountant(state, user)
+    assert stored is not None and stored["unit"] == "rating"
+    ledger = PrivacyAccountant("rdp", delta=DELTA, unit="rating")
+    ledger.load_state_dict(stored)
+    return ledger.epsilon()
+
+
+#: Pinned: sigma 1.1, q = 1/16, 16 steps a round, delta 1e-5, Opacus RDP.
+EPS_SIGMA_1_1 = (1.1, 2.2422, 2.7210)
+
+
 def test_rating_level_accountant_persists_and_matches_opacus(small_explicit: Dataset) -> None:
     source, glob = _source(small_explicit), _glob(small_explicit)
     plan = _rating_plan(noise_multiplier=1.1)
+    assert plan.rating is not None and plan.rating.steps_per_round == 16 and plan.rating.sample_rate == 1 / 16
     state: dict[str, np.ndarray] = {}
     first = device_train(source, state, glob, model=MODEL, local=LOCAL, seed=0, round_=1, privacy=plan,
                          seeded_noise=True)
-    stored = load_accountant(state, 0)
-    assert stored is not None and stored["unit"] == "rating"
-    second = device_train(source, state, glob, model=MODEL, local=LOCAL, seed=0, round_=2, privacy=plan,
-                          seeded_noise=True)
-    eps1, eps2 = first.metrics[wire.MET_EPSILON], second.metrics[wire.MET_EPSILON]
-    assert 0 < eps1 < eps2
-    schedule = local_schedule(n_ratings=len(source.train()), batch_size=8, epochs=1)
-    assert eps1 == pytest.approx(_opacus_epsilon([(1.1, schedule.sample_rate, schedule.steps)]), rel=1e-9)
-    assert eps2 == pytest.approx(_opacus_epsilon([(1.1, schedule.sample_rate, 2 * schedule.steps)]), rel=1e-9)
-    assert first.metrics[wire.MET_BUDGET_EXHAUSTED] == 0.0 and first.metrics[wire.MET_OK] == 1.0
+    eps1 = _spent(state, 0)
+    device_train(source, state, glob, model=MODEL, local=LOCAL, seed=0, round_=2, privacy=plan, seeded_noise=True)
+    eps2 = _spent(state, 0)
+    assert eps1 == pytest.approx(_opacus_epsilon([(1.1, 1 / 16, 16)]), rel=1e-9) == plan.rating.epsilon_after(1)
+    assert eps2 == pytest.approx(_opacus_epsilon([(1.1, 1 / 16, 32)]), rel=1e-9) == plan.rating.epsilon_after(2)
+    assert (round(eps1, 4), round(eps2, 4)) == EPS_SIGMA_1_1[1:]
+    assert first.metrics == {wire.MET_OK: 1.0}
 
 
-def test_rating_level_device_stops_at_its_budget_and_says_so(small_explicit: Dataset) -> None:
+def test_rating_level_epsilon_does_not_depend_on_the_rating_count(small_explicit: Dataset) -> None:
+    """The attack of issue 11: epsilon was a one-to-one function of a device's rating count."""
+    glob, plan = _glob(small_explicit), _rating_plan(epsilon=8.0)
+    sources = partitions(small_explicit)
+    counts = {u: len(sources[u].train()) for u in range(len(sources))}
+    few, many = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
+    assert counts[many] > 3 * counts[few]
+    spent, histories = [], []
+    for user in (few, many):
+        state: dict[str, np.ndarray] = {}
+        out = device_train(sources[user], state, glob, model=MODEL, local=LOCAL, seed=0, round_=1, privacy=plan,
+                           user_offset=user, seeded_noise=True)
+        assert out.metrics == {wire.MET_OK: 1.0}
+        spent.append(_spent(state, 0))
+        histories.append(load_accountant(state, 0))
+    assert spent[0] == spent[1] and histories[0] == histories[1]
+
+
+def test_rating_level_device_stops_at_its_budget_and_sends_a_zero_of_the_same_shape(
+        small_explicit: Dataset) -> None:
     source, glob = _source(small_explicit), _glob(small_explicit)
     plan = _rating_plan(epsilon=4.0)  # calibrated for the plan's 2 rounds
+    assert plan.rating is not None and plan.rating.max_participations == 2
     state: dict[str, np.ndarray] = {}
-    outs = [device_train(source, state, glob, model=MODEL, local=LOCAL, seed=0, round_=r, privacy=plan,
-                         seeded_noise=True) for r in (1, 2, 3)]
-    spent = [o.metrics[wire.MET_EPSILON] for o in outs]
+    outs, spent = [], []
+    for r in (1, 2, 3):
+        outs.append(device_train(source, state, glob, model=MODEL, local=LOCAL, seed=0, round_=r, privacy=plan,
+                                 seeded_noise=True))
+        spent.append(_spent(state, 0))
     assert spent[0] < spent[1] <= 4.0 and spent[2] == spent[1]
-    assert [o.metrics[wire.MET_BUDGET_EXHAUSTED] for o in outs] == [0.0, 0.0, 1.0]
+    assert spent == [plan.rating.epsilon_after(k) for k in (1, 2, 2)]
+    assert all(o.metrics == {wire.MET_OK: 1.0} for o in outs)
     last = outs[2].update
+    assert last.item_factors.shape == outs[1].update.item_factors.shape
     assert not last.item_factors.any() and not last.item_bias.any() and not last.counts.any()
     assert outs[1].update.item_factors.any()
 
@@ -89,7 +124,7 @@ def test_rating_level_sends_no_counts_and_noises_every_row(small_explicit: Datas
                        privacy=_rating_plan(noise_multiplier=1.0), seeded_noise=True)
     assert not out.update.counts.any()
     assert np.all(out.update.item_bias != 0) and np.all(out.update.item_factors != 0)
-    assert set(out.metrics) == {wire.MET_OK, wire.MET_EPSILON, wire.MET_BUDGET_EXHAUSTED}
+    assert set(out.metrics) == {wire.MET_OK}
 
 
 def test_rating_level_noise_is_fresh_unless_seeded(small_explicit: Dataset) -> None:
@@ -105,13 +140,14 @@ def test_rating_level_noise_is_fresh_unless_seeded(small_explicit: Dataset) -> N
 
 
 def test_rating_level_calibration_spends_the_whole_budget_and_no_more() -> None:
+    """One sigma for the population, calibrated for a device sampled in every round; pinned values."""
     plan = build_plan(DPConfig(unit="rating", epsilon=8.0), rounds=5, lr=0.1, local_epochs=1, batch_size=8)
     assert plan.rating is not None
-    for n in (5, 37, 200):
-        sigma = plan.rating.noise_multiplier_for(n)
-        schedule = local_schedule(n_ratings=n, batch_size=8, epochs=1)
-        eps = _opacus_epsilon([(sigma, schedule.sample_rate, 5 * schedule.steps)])
-        assert 7.99 <= eps <= 8.0
+    sigma = plan.rating.noise_multiplier
+    eps = _opacus_epsilon([(sigma, 1 / 16, 5 * 16)])
+    assert 7.99 <= eps <= 8.0 and plan.rating.epsilon_after(5) == pytest.approx(eps, rel=1e-9)
+    assert sigma == pytest.approx(0.774, abs=0.002)  # the calibration stops within 0.01 of epsilon
+    assert plan.rating.worst_case_epsilon(7) == plan.rating.epsilon_after(5)
 
 
 @pytest.mark.parametrize("eps,q,steps", [(8.0, 0.2, 150), (1.0, 0.01, 1000), (16.0, 1.0, 3), (0.5, 1.0, 1),
@@ -270,17 +306,18 @@ def test_reference_without_dp_is_unchanged(case: str, small_explicit: Dataset, s
     assert with_off_plan == history
 
 
-def test_reference_rating_level_rows_report_spent_budgets(small_explicit: Dataset) -> None:
+def test_reference_rating_level_rows_report_the_public_worst_case(small_explicit: Dataset) -> None:
     cfg = RunConfig.from_flat({"synthetic.n-users": 40, "synthetic.n-items": 30, "synthetic.mean-interactions": 10,
                                "model.dim": 4, "rounds": 2, "eval-every": 1, "dp.unit": "rating",
                                "dp.noise-multiplier": 1.0, "dp.batch-size": 64})
     from fedrec.data.spec import load_run_dataset
 
-    _, history = run_reference(load_run_dataset(cfg.data), cfg.model, cfg.fed, privacy=cfg.privacy_plan())
-    for row in history:
+    plan = cfg.privacy_plan()
+    assert plan.rating is not None
+    _, history = run_reference(load_run_dataset(cfg.data), cfg.model, cfg.fed, privacy=plan)
+    for k, row in enumerate(history, start=1):
         assert row["dp_unit"] == "rating" and row["delta"] == DELTA and row["accountant"] == "rdp"
-        assert 0 < row["epsilon_min"] <= row["epsilon_median"] <= row["epsilon_max"] == row["epsilon"]
-        assert row["budget_exhausted"] == 0
+        assert row["epsilon"] == plan.rating.epsilon_after(k) and row["noise_multiplier"] == 1.0
     assert history[1]["epsilon"] > history[0]["epsilon"]
 
 
