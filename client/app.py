@@ -21,31 +21,32 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedrec import wire
-from fedrec.data.partition import InteractionSource, partitions
+from fedrec.data.partition import InteractionSource, n_partitions, partition_of
 from fedrec.errors import ConfigError
 from fedrec.model.params import GlobalParams
 from fedrec.privacy.plan import privacy_plan
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.runconfig import RunConfig, shared_run_dataset
 from fedrec.train.device import DeviceRound, device_evaluate, device_train
 
 log = logging.getLogger(__name__)
 
 SourceProvider = Callable[[Context, RunConfig], InteractionSource]
-_PARTITIONS: dict[int, list] = {}
 _CONFIGS: dict[tuple, RunConfig] = {}
 
 
 def simulation_source(context: Context, cfg: RunConfig) -> InteractionSource:
-    """The device's partition of the run's dataset (``partition-id`` from the node config)."""
-    dataset = load_run_dataset(cfg.data)
-    parts = _PARTITIONS.get(id(dataset))
-    if parts is None:
-        _PARTITIONS.clear()
-        parts = _PARTITIONS[id(dataset)] = partitions(dataset, cfg.data.users_per_client, seed=cfg.fed.seed)
+    """The device's partition of the run's dataset (``partition-id`` from the node config).
+
+    The dataset is the memory-mapped store the driver wrote once; the device's
+    rows are sliced from it now, for this message only.
+    """
+    dataset = shared_run_dataset(cfg.data)
     pid = int(context.node_config.get("partition-id", -1))
-    if not 0 <= pid < len(parts):
-        raise ConfigError(f"partition-id {pid} outside the {len(parts)} partitions of {cfg.data.dataset!r}")
-    return parts[pid]
+    upc = cfg.data.users_per_client
+    count = n_partitions(dataset.n_users, users_per_client=upc)
+    if not 0 <= pid < count:
+        raise ConfigError(f"partition-id {pid} outside the {count} partitions of {cfg.data.dataset!r}")
+    return dataset.source(partition_of(dataset.n_users, pid, users_per_client=upc, seed=cfg.fed.seed))
 
 
 def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mod] | None = None) -> ClientApp:
@@ -140,7 +141,8 @@ def save_state(context: Context, state: dict[str, np.ndarray]) -> None:
 
 
 def _scale(cfg: RunConfig) -> tuple[float, float] | None:
-    return load_run_dataset(cfg.data).rating_scale
+    scale: tuple[float, float] | None = shared_run_dataset(cfg.data).rating_scale
+    return scale
 
 
 app = make_client_app()

@@ -11,10 +11,12 @@ with an error naming the key.
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +320,31 @@ def load_run_dataset(spec: DataSpec) -> Any:
                                            protocol=spec.protocol,  # type: ignore[arg-type]
                                            fold=spec.fold, synthetic=spec.synthetic)
     return _DATASET_CACHE[key]
+
+
+_MAPPED_CACHE: dict[str, Any] = {}
+
+
+def shared_run_dataset(spec: DataSpec) -> Any:
+    """The run's dataset as a :class:`~fedrec.data.mapped.MappedDataset`, made once per machine.
+
+    The first process to ask (the simulation driver) loads or generates the
+    data and writes the store under ``$FEDREC_CACHE_DIR``; every later process
+    (the simulation's workers, later runs with the same data) only maps it.
+    """
+    from fedrec.data.mapped import mapped_dataset, source_fingerprint
+    from fedrec.data.registry import DATA_DIR_ENV, load_dataset
+
+    data_dir = spec.data_dir or os.environ.get(DATA_DIR_ENV, "")
+    key = {"dataset": spec.dataset, "protocol": spec.protocol, "fold": spec.fold}
+    if spec.dataset == "synthetic":
+        key["synthetic"] = asdict(spec.synthetic)
+    else:
+        key["data"] = source_fingerprint(Path(data_dir)) if data_dir else ""
+    digest = json.dumps(key, sort_keys=True, default=str)
+    if digest not in _MAPPED_CACHE:
+        _MAPPED_CACHE.clear()
+        _MAPPED_CACHE[digest] = mapped_dataset(key, lambda: load_dataset(
+            spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
+            fold=spec.fold, synthetic=spec.synthetic))
+    return _MAPPED_CACHE[digest]

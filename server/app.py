@@ -13,14 +13,14 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.runconfig import RunConfig, shared_run_dataset
 
 from .loop import Catalogue, RoundCallback, RunResult, run_server
 
 
 def catalogue_for(cfg: RunConfig) -> Catalogue:
-    """Catalogue size and rating scale: public facts of the item catalogue."""
-    data = load_run_dataset(cfg.data)
+    """Catalogue size and rating scale: public facts of the item catalogue (read from the mapped store)."""
+    data = shared_run_dataset(cfg.data)
     return Catalogue(data.n_items, data.rating_scale)
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.partition import partition_users
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.partition import n_partitions
+from fedrec.runconfig import RunConfig, shared_run_dataset
 from fedrec.store.atomic import atomic_write_text
 
 from .report import write_plot, write_report
@@ -35,9 +35,13 @@ class SimulationResult:
 
 
 def population(cfg: RunConfig) -> int:
-    """Number of simulated devices: one per user, or per group of ``users-per-client``."""
-    data = load_run_dataset(cfg.data)
-    return len(partition_users(data.n_users, users_per_client=cfg.data.users_per_client, seed=cfg.fed.seed))
+    """Number of simulated devices: one per user, or per group of ``users-per-client``.
+
+    Reads the size from the run's mapped dataset store, which the first call
+    builds: the data is made once, here, and every worker maps it.
+    """
+    data = shared_run_dataset(cfg.data)
+    return n_partitions(data.n_users, users_per_client=cfg.data.users_per_client)
 
 
 def validate(cfg: RunConfig) -> int:
