@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Scalar] = {
     "rounds": 30,
     "cohort": 1.0,
     "eval-every": 5,
+    "eval-cohort": 1000,
     "seed": 0,
     "round-timeout": 600.0,
     "run-dir": "runs/flwr",
@@ -281,7 +282,17 @@ def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
                              eps=_get(flat, "strategy.eps", float))
     return FedConfig(rounds=_int(flat, "rounds", low=1), cohort=_positive(flat, "cohort"), local=local, server=server,
                      averaging=_get(flat, "strategy.averaging", str), eval_every=_int(flat, "eval-every", low=1),
-                     seed=_int(flat, "seed", low=0))
+                     seed=_int(flat, "seed", low=0), eval_cohort=_eval_cohort(flat))
+
+
+def _eval_cohort(flat: Mapping[str, Scalar]) -> float:
+    """``eval-cohort``: ``all`` (= 1.0, every device), a fraction in (0, 1] or a device count."""
+    value = flat["eval-cohort"]
+    if value == "all":
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"eval-cohort: 'all', a fraction in (0, 1] or a device count, got {value!r}")
+    return float(value)
 
 
 def _dp(flat: Mapping[str, Scalar]) -> DPConfig:

@@ -36,7 +36,7 @@ from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import ServerState
+from fedrec.train.federated import ServerState, sample_eval_cohort
 
 from .privacy import ServerPrivacy, make_server_privacy
 from .records import config_record, global_record, metric_values, train_content, update_arrays
@@ -171,15 +171,20 @@ def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[s
 
 
 def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int) -> dict[str, float]:
-    """Every device evaluates on its held-out rows; only sums and counts come back."""
+    """An evaluation cohort (``eval-cohort``) evaluates on its held-out rows; only sums and counts come back.
+
+    The row reports ``eval_devices``, the size of the cohort, so a sampled
+    estimate is never mistaken for the population's figure.
+    """
+    cohort = sample_eval_cohort(nodes, cfg.fed.eval_size(len(nodes)), seed=cfg.fed.seed, round_=rnd)
     content = train_content(global_record(state.glob),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
-    replies = _send(grid, content, wire.MSG_EVALUATE, nodes, rnd, cfg.round_timeout)
+    replies = _send(grid, content, wire.MSG_EVALUATE, cohort, rnd, cfg.round_timeout)
     total = MetricSums()
     for reply in replies.values():
         if not reply.has_error():
             total.merge(MetricSums.from_flat(metric_values(reply)))
-    return total.result()
+    return {**total.result(), "eval_devices": len(cohort)}
 
 
 def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int,

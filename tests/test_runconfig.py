@@ -90,3 +90,25 @@ def test_protocol_presets_match_the_tuned_presets() -> None:
         fed.rounds, fed.local, fed.server, fed.averaging)
     e1 = RunConfig.from_flat({})
     assert e1.model == MODEL_PRESETS["E1"]
+
+
+@pytest.mark.parametrize(("value", "population", "size"), [(1000, 2000, 1000), (1000, 943, 943), ("all", 5000, 5000),
+                                                            (1.0, 5000, 5000), (0.1, 5000, 500)])
+def test_eval_cohort_sizes(value: object, population: int, size: int) -> None:
+    assert RunConfig.from_flat({"eval-cohort": value}).fed.eval_size(population) == size
+
+
+@pytest.mark.parametrize("value", [0, -3, "some", True])
+def test_eval_cohort_rejects_bad_values(value: object) -> None:
+    with pytest.raises(ConfigError, match="eval-cohort"):
+        RunConfig.from_flat({"eval-cohort": value})
+
+
+def test_eval_cohort_sample_is_reproducible_and_leaves_training_draws_alone() -> None:
+    from fedrec.train.federated import sample_eval_cohort
+
+    nodes = list(range(100, 1100))
+    a = sample_eval_cohort(nodes, 50, seed=1, round_=5)
+    assert a == sample_eval_cohort(nodes, 50, seed=1, round_=5) and a == sorted(set(a)) and len(a) == 50
+    assert a != sample_eval_cohort(nodes, 50, seed=1, round_=10)
+    assert sample_eval_cohort(nodes, 5000, seed=1, round_=5) == nodes
