@@ -125,7 +125,7 @@ def parse_downlink(msg: Message) -> tuple[RunConfig, GlobalParams, int]:
     if cfg is None:
         _CONFIGS.clear()
         cfg = _CONFIGS[key] = RunConfig.from_flat(flat)
-    arrays = {k: v.numpy() for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
+    arrays = {k: wire.decode_downlink(v.numpy()) for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
     glob = GlobalParams.from_arrays(arrays, float(config[wire.CFG_GLOBAL_MEAN]))  # type: ignore[arg-type]
     return cfg, glob, int(config[wire.CFG_ROUND])  # type: ignore[arg-type]
 

@@ -28,6 +28,7 @@ from fedrec.privacy.plan import PLAN_KEYS, check_config
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.federated import FedConfig
 from fedrec.train.local import LocalConfig
+from fedrec.wire import DOWNLINK_DTYPES
 
 Scalar = bool | int | float | str
 
@@ -79,6 +80,7 @@ DEFAULTS: dict[str, Scalar] = {
     "secagg.clip": 1.0,
     "secagg.timeout": 600.0,
     "secagg.pipeline": True,
+    "downlink.dtype": "float32",
 }
 
 # Keys that are valid but have no default (absent means "not set").
@@ -139,6 +141,8 @@ class RunConfig:
     secagg: SecAggSpec
     round_timeout: float
     min_clients: int
+    downlink: str = "float32"
+    """Precision of the downlink table (``downlink.dtype``: float32, float16, bfloat16)."""
 
     @classmethod
     def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
@@ -146,7 +150,7 @@ class RunConfig:
         flat = resolve(overrides or {})
         cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
-                  min_clients=_int(flat, "min-clients", low=1))
+                  min_clients=_int(flat, "min-clients", low=1), downlink=_downlink(flat))
         check_config(cfg)
         return cfg
 
@@ -283,6 +287,13 @@ def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
     return FedConfig(rounds=_int(flat, "rounds", low=1), cohort=_positive(flat, "cohort"), local=local, server=server,
                      averaging=_get(flat, "strategy.averaging", str), eval_every=_int(flat, "eval-every", low=1),
                      seed=_int(flat, "seed", low=0), eval_cohort=_eval_cohort(flat))
+
+
+def _downlink(flat: Mapping[str, Scalar]) -> str:
+    value = _get(flat, "downlink.dtype", str)
+    if value not in DOWNLINK_DTYPES:
+        raise ConfigError(f"downlink.dtype: {value!r} is not one of {DOWNLINK_DTYPES}")
+    return str(value)
 
 
 def _eval_cohort(flat: Mapping[str, Scalar]) -> float:

@@ -138,7 +138,7 @@ def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, r
 
 def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
                  rnd: int) -> tuple[RoundSums, list[int], list[dict[str, float]]]:
-    content = train_content(global_record(state.glob),
+    content = train_content(global_record(state.glob, cfg.downlink),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
     replies = _send(grid, content, wire.MSG_TRAIN, cohort, rnd, cfg.round_timeout)
     n_items, dim = state.glob.n_items, state.glob.dim
@@ -177,7 +177,7 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
     estimate is never mistaken for the population's figure.
     """
     cohort = sample_eval_cohort(nodes, cfg.fed.eval_size(len(nodes)), seed=cfg.fed.seed, round_=rnd)
-    content = train_content(global_record(state.glob),
+    content = train_content(global_record(state.glob, cfg.downlink),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
     replies = _send(grid, content, wire.MSG_EVALUATE, cohort, rnd, cfg.round_timeout)
     total = MetricSums()

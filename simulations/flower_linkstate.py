@@ -27,11 +27,10 @@ same ``limit=1`` per node per sweep), so a sweep costs O(pending messages).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from typing import Any
-
 import threading
+from collections import defaultdict
 from queue import Queue
+from typing import Any
 
 import flwr
 from flwr.server.superlink.fleet.vce import vce_api

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -59,6 +60,9 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     from flwr.simulation import run_simulation
 
     n_devices = validate(cfg)
+    # The engine registers its nodes while the ServerApp starts: wait for all of them, or the first
+    # cohorts would be drawn from the part of a large population registered so far.
+    cfg = dataclasses.replace(cfg, min_clients=max(cfg.min_clients, n_devices))
     if os.environ.get("FEDREC_LINKSTATE_INDEX", "1") != "0":
         from .flower_linkstate import install
 

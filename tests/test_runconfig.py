@@ -112,3 +112,21 @@ def test_eval_cohort_sample_is_reproducible_and_leaves_training_draws_alone() ->
     assert a == sample_eval_cohort(nodes, 50, seed=1, round_=5) and a == sorted(set(a)) and len(a) == 50
     assert a != sample_eval_cohort(nodes, 50, seed=1, round_=10)
     assert sample_eval_cohort(nodes, 5000, seed=1, round_=5) == nodes
+
+
+def test_downlink_precision_round_trips_within_its_resolution() -> None:
+    import numpy as np
+
+    from fedrec.wire import decode_downlink, encode_downlink
+
+    table = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32) * 0.3
+    assert encode_downlink(table, "float32") is not None and np.array_equal(decode_downlink(table), table)
+    for dtype, nbytes, rel in (("float16", 2, 2**-11), ("bfloat16", 2, 2**-8)):
+        wire_form = encode_downlink(table, dtype)
+        assert wire_form.itemsize == nbytes
+        back = decode_downlink(wire_form)
+        assert back.dtype == np.float32 and np.all(np.abs(back - table) <= rel * np.abs(table) + 1e-7)
+    assert decode_downlink(encode_downlink(np.array([1.0, -2.5, 0.0], np.float32), "bfloat16")).tolist() == [
+        1.0, -2.5, 0.0]  # exactly representable values survive
+    with pytest.raises(ConfigError, match="downlink.dtype"):
+        RunConfig.from_flat({"downlink.dtype": "int8"})
