@@ -11,7 +11,6 @@ with an error naming the key.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import tomllib
@@ -344,7 +343,7 @@ def load_run_dataset(spec: DataSpec) -> Any:
     return _DATASET_CACHE[key]
 
 
-_MAPPED_CACHE: dict[str, Any] = {}
+_MAPPED_CACHE: dict[DataSpec, Any] = {}
 
 
 def shared_run_dataset(spec: DataSpec) -> Any:
@@ -354,6 +353,8 @@ def shared_run_dataset(spec: DataSpec) -> Any:
     data and writes the store under ``$FEDREC_CACHE_DIR``; every later process
     (the simulation's workers, later runs with the same data) only maps it.
     """
+    if spec in _MAPPED_CACHE:
+        return _MAPPED_CACHE[spec]
     from fedrec.data.mapped import mapped_dataset, source_fingerprint
     from fedrec.data.registry import DATA_DIR_ENV, load_dataset
 
@@ -363,10 +364,8 @@ def shared_run_dataset(spec: DataSpec) -> Any:
         key["synthetic"] = asdict(spec.synthetic)
     else:
         key["data"] = source_fingerprint(Path(data_dir)) if data_dir else ""
-    digest = json.dumps(key, sort_keys=True, default=str)
-    if digest not in _MAPPED_CACHE:
-        _MAPPED_CACHE.clear()
-        _MAPPED_CACHE[digest] = mapped_dataset(key, lambda: load_dataset(
-            spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
-            fold=spec.fold, synthetic=spec.synthetic))
-    return _MAPPED_CACHE[digest]
+    _MAPPED_CACHE.clear()
+    _MAPPED_CACHE[spec] = mapped_dataset(key, lambda: load_dataset(
+        spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
+        fold=spec.fold, synthetic=spec.synthetic))
+    return _MAPPED_CACHE[spec]

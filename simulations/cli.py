@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     parser.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="run the devices on a running Ray cluster (ray start --head ...) instead of a local Ray")
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     validate(cfg)
     with _progress(cfg, enabled=not args.json) as on_round:
-        result = simulate(cfg, run_dir, resume=args.resume, on_round=on_round, verbose=args.verbose)
+        result = simulate(cfg, run_dir, resume=args.resume, on_round=on_round, verbose=args.verbose,
+                          ray_address=args.ray_address)
     out = {**_finite(result.final), "rounds": len(result.history), "seconds": result.seconds,
            "run_dir": str(result.run_dir), "dataset": cfg.data.dataset, "protocol": cfg.data.protocol,
            "dp_unit": cfg.dp.unit}

@@ -53,8 +53,14 @@ def validate(cfg: RunConfig) -> int:
 
 
 def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: RoundHook | None = None,
-             verbose: bool = False, num_cpus_per_client: float = 1.0) -> SimulationResult:
-    """Run every round of ``cfg`` with one virtual Flower SuperNode per device."""
+             verbose: bool = False, num_cpus_per_client: float = 1.0, ray_address: str | None = None,
+             client_app: Any = None) -> SimulationResult:
+    """Run every round of ``cfg`` with one virtual Flower SuperNode per device.
+
+    ``ray_address`` (``host:port`` of a running Ray cluster, see README "Scaling
+    out") runs the devices on that cluster's nodes instead of a Ray started on
+    this machine; ``client_app`` replaces fedrec's ClientApp (tests wrap it).
+    """
     from fedrec.client.app import make_client_app
     from fedrec.server.app import make_server_app
     from flwr.simulation import run_simulation
@@ -76,10 +82,11 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     _quiet_flower(verbose)
     run_simulation(
         server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results),
-        client_app=make_client_app(),
+        client_app=client_app if client_app is not None else make_client_app(),
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}},
+                        "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose,
+                                      **({"address": ray_address} if ray_address else {})}},
         verbose_logging=verbose,
     )
     seconds = time.perf_counter() - start
