@@ -109,15 +109,21 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
 
 
 def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
-    """Node ids once at least ``minimum`` are connected (simulation registers them at start)."""
+    """Node ids once at least ``minimum`` are connected (simulation registers them at start).
+
+    The poll backs off to 5 s: listing a million nodes takes the link state's lock for
+    a while, and polling it every half second would slow the registration it waits for.
+    """
     deadline = time.monotonic() + timeout
+    pause = 0.5
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= minimum:
             return nodes
         if time.monotonic() > deadline:
             raise ConfigError(f"min-clients: only {len(nodes)} devices connected within {timeout:.0f}s")
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(2 * pause, 5.0)
 
 
 def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool,
