@@ -27,6 +27,8 @@ from fedrec.runconfig import RunConfig, load_toml, parse_overrides
 
 log = logging.getLogger("fedrec.simulate")
 
+QUICKSTART = Path(__file__).resolve().parent / "conf" / "quickstart.toml"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file of run-config keys (see simulations/conf/)")
@@ -46,8 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """File, then shortcuts, then ``--set``; validated before anything runs."""
-    flat: dict[str, Any] = load_toml(args.config) if args.config else {}
+    """File, then shortcuts, then ``--set``; validated before anything runs.
+
+    With neither ``--config`` nor ``--dataset`` the file is ``conf/quickstart.toml``:
+    the command with no arguments is a first look that finishes in about a minute.
+    """
+    config = args.config or (QUICKSTART if args.dataset is None else None)
+    flat: dict[str, Any] = load_toml(config) if config else {}
     shortcuts = {"dataset": args.dataset, "data-dir": args.data_dir, "protocol": args.protocol,
                  "fold": args.fold, "rounds": args.rounds}
     flat.update({k: v for k, v in shortcuts.items() if v is not None})
