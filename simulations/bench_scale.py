@@ -102,7 +102,7 @@ def _bare_rounds(grid: Any, cfg: Any, cohort: int, rounds: int, rows: list[dict[
     from flwr.app import Message
 
     from fedrec import wire
-    from fedrec.train.federated import ServerState, sample_cohort
+    from fedrec.federated.server_state import ServerState, sample_cohort
 
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=600)
     state = ServerState.start(cfg.data.synthetic.n_items, cfg.model, cfg.fed, global_mean=3.0)

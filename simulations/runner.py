@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import n_partitions
-from fedrec.runconfig import RunConfig, shared_run_dataset
+from fedrec.data.spec import shared_run_dataset
+from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 
 from .report import write_plot, write_report

@@ -15,20 +15,20 @@ import json, sys
 import numpy as np
 from fedrec.client.app import make_client_app
 from fedrec.server.app import catalogue_for, make_server_app
-from fedrec.server.privacy import make_server_privacy
-from fedrec.privacy.plan import privacy_plan
-from fedrec.runconfig import RunConfig, shared_run_dataset
-from fedrec.train.device import device_evaluate, device_train
-from fedrec.train.federated import ServerState
+from fedrec.data.spec import shared_run_dataset
+from fedrec.federated.device import device_evaluate, device_train
+from fedrec.federated.policy import server_policy
+from fedrec.federated.server_state import ServerState
+from fedrec.runconfig import RunConfig
 
 cfg = RunConfig.from_flat({"synthetic.n-users": 40, "synthetic.n-items": 30, "rounds": 1, **json.loads(sys.argv[1])})
 make_server_app(cfg)
 make_client_app()
 catalogue = catalogue_for(cfg)
-privacy = make_server_privacy(cfg, population=40)
+privacy = server_policy(cfg.privacy_plan(), population=40)
 state = ServerState.start(catalogue.n_items, cfg.model, cfg.fed, global_mean=3.0)
 source = shared_run_dataset(cfg.data).source(np.array([3]))
-plan = privacy_plan(cfg)
+plan = cfg.privacy_plan()
 device_train(source, {}, state.glob, model=cfg.model, local=cfg.fed.local, seed=0, round_=1, privacy=plan)
 device_evaluate(source, {}, state.glob, model=cfg.model, local=cfg.fed.local, scale=catalogue.rating_scale,
                 seed=0, privacy=plan)
