@@ -121,7 +121,7 @@ def _bare_rounds(grid: Any, cfg: Any, cohort: int, rounds: int, rows: list[dict[
 def run_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[int], rounds: int) -> dict[str, Any]:
     """Run one cell in this process and return its figures (start-up, s/round per cohort, bytes per device)."""
     from fedrec.server.app import catalogue_for
-    from fedrec.server.loop import run_server
+    from fedrec.server.loop import run_on_grid
     from fedrec.simulations.flower_linkstate import install
     from fedrec.simulations.runner import validate
     from flwr.app import Context
@@ -149,7 +149,7 @@ def run_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[int]
             if kind == "bare":
                 _bare_rounds(metered, cfg, cohort, rounds, rows)
             else:
-                rows = run_server(metered, cfg, catalogue_for(cfg), on_round=_stamp).history
+                rows = run_on_grid(metered, cfg, catalogue_for(cfg), on_round=_stamp).history
             if not first_start:
                 first_start.append(rows[0]["first_round_start"])
             later = [r["train_seconds"] for r in rows[1:]] or [rows[0]["train_seconds"]]

@@ -95,6 +95,20 @@ def test_protocol_presets_match_the_tuned_presets() -> None:
     assert protocol_preset("E1").model == MFConfig(kind="explicit", dim=32, reg=0.12, bias_reg=0.12)
 
 
+def test_defaults_are_the_dataclass_defaults() -> None:
+    """One home per default: the empty run configuration builds every section as its dataclass defaults."""
+    from fedrec.data.spec import DataSpec
+    from fedrec.federated.server_state import FedConfig
+    from fedrec.model.mf import MFConfig
+    from fedrec.privacy.config import DPConfig
+    from fedrec.runconfig import SecAggSpec
+
+    cfg = RunConfig.from_flat({})
+    assert (cfg.data, cfg.model, cfg.fed, cfg.dp, cfg.secagg) == (DataSpec(), MFConfig(), FedConfig(), DPConfig(),
+                                                                   SecAggSpec())
+    assert (cfg.round_timeout, cfg.min_clients, cfg.run_dir) == (600.0, 1, "runs/flwr")
+
+
 @pytest.mark.parametrize(("value", "population", "size"), [(1000, 2000, 1000), (1000, 943, 943), ("all", 5000, 5000),
                                                             (1.0, 5000, 5000), (0.1, 5000, 500)])
 def test_eval_cohort_sizes(value: object, population: int, size: int) -> None:

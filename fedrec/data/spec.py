@@ -10,7 +10,7 @@ rows through its :class:`~fedrec.data.partition.InteractionSource` only.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +25,12 @@ if TYPE_CHECKING:
 class DataSpec:
     """Which data a run uses and how it is split into devices."""
 
-    dataset: str
-    data_dir: str
-    protocol: str
-    fold: int
-    users_per_client: int
-    synthetic: SyntheticConfig
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    protocol: str = "E1"
+    fold: int = 1
+    users_per_client: int = 1
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 _DATASET_CACHE: dict[tuple[Any, ...], Dataset] = {}

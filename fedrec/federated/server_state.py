@@ -55,7 +55,7 @@ class FedConfig:
     averaging: str = "item"
     eval_every: int = 5
     seed: int = 0
-    eval_cohort: float = 1.0
+    eval_cohort: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -138,7 +138,7 @@ class ServerState:
         output whatever the cohort was.
         """
         if sums.n_clients > 0 or expected_clients is not None:
-            dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]
+            dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]  # str checked by FedConfig
                                      expected_clients=expected_clients)
             self.glob = self.optimizer.apply(self.glob, dq, db)
         self.round += 1

@@ -57,8 +57,8 @@ class MFConfig:
 
     kind: ModelKind = "explicit"
     dim: int = 32
-    reg: float = 0.1
-    bias_reg: float = 0.1
+    reg: float = 0.12
+    bias_reg: float = 0.12
     init_std: float = 0.1
     negatives: int = 4
     loss: str = "logistic"
@@ -108,7 +108,7 @@ def recency_weights(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray
 
 def score_items(glob: GlobalParams, local: LocalParams) -> np.ndarray:
     """Scores of every item for one user: what a device ranks to recommend."""
-    return glob.global_mean + local.user_bias + glob.item_bias + glob.item_factors @ local.user_factor
+    return np.asarray(glob.global_mean + local.user_bias + glob.item_bias + glob.item_factors @ local.user_factor)
 
 
 @dataclass(frozen=True)
@@ -127,10 +127,10 @@ class MFModel:
         """Scores of (user, item) pairs."""
         p = self.users.user_factors[users]
         q = self.glob.item_factors[items]
-        return (self.glob.global_mean + self.users.user_bias[users] + self.glob.item_bias[items]
-                + np.einsum("nd,nd->n", p, q))
+        return np.asarray(self.glob.global_mean + self.users.user_bias[users] + self.glob.item_bias[items]
+                          + np.einsum("nd,nd->n", p, q))
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         """``(len(users), n_items)`` scores for full-catalogue ranking."""
-        return (self.glob.global_mean + self.users.user_bias[users, None] + self.glob.item_bias[None, :]
-                + self.users.user_factors[users] @ self.glob.item_factors.T)
+        return np.asarray(self.glob.global_mean + self.users.user_bias[users, None] + self.glob.item_bias[None, :]
+                          + self.users.user_factors[users] @ self.glob.item_factors.T)

@@ -101,13 +101,13 @@ class ServerOptimizer:
         v = self.state.setdefault(f"{name}.v", np.zeros_like(delta))
         if cfg.name == "adagrad":
             v += delta * delta
-            return cfg.lr * delta / (np.sqrt(v) + cfg.eps)
+            return np.asarray(cfg.lr * delta / (np.sqrt(v) + cfg.eps))
         m = self.state.setdefault(f"{name}.m", np.zeros_like(delta))
         m *= cfg.beta1
         m += (1 - cfg.beta1) * delta
         v *= cfg.beta2
         v += (1 - cfg.beta2) * delta * delta
-        return cfg.lr * m / (np.sqrt(v) + cfg.eps)
+        return np.asarray(cfg.lr * m / (np.sqrt(v) + cfg.eps))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return dict(self.state)

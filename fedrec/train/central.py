@@ -92,7 +92,7 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
                 loss = _implicit_loss(params, users[b], items[b], train.n_items, model, gen,
                                       None if weights is None else weights[b])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch declares Tensor.backward without types
             opt.step()
         sched.step()
         if progress:

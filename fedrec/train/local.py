@@ -43,8 +43,8 @@ class LocalConfig:
         Re-solve the user factor in closed form before the steps (explicit only).
     """
 
-    steps: int = 5
-    lr: float = 0.1
+    steps: int = 10
+    lr: float = 0.05
     user_lr: float = 0.05
     fold_in: bool = True
 

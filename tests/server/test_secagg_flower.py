@@ -21,12 +21,13 @@ from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source, train_device
 from fedrec.client.records import load_state
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import _train_round, run_server, wait_for_nodes
+from fedrec.server.loop import _train_round, run_on_grid, wait_for_nodes
 from fedrec.server.secagg import SecureRounds, neighbours_for, secure_train_round, threshold_for
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from testkit import chi_square
 
 from fedrec import wire
 from fedrec.federated.server_state import ServerState
@@ -134,12 +135,6 @@ def _simulate(main: Any, client: ClientApp) -> None:
     app = ServerApp()
     app.main()(main)
     run_simulation(server_app=app, client_app=client, num_supernodes=N_DEVICES, backend_config=BACKEND)
-
-
-def chi_square(data: bytes) -> float:
-    counts = np.bincount(np.frombuffer(data, np.uint8), minlength=256)
-    expected = len(data) / 256
-    return float(((counts - expected) ** 2 / expected).sum())
 
 
 def max_cosine(vector: np.ndarray, factor: np.ndarray) -> float:
@@ -360,7 +355,7 @@ def test_dropouts_at_every_stage_and_an_aborted_round() -> None:
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     _simulate(main, flaky)
     history, rec = box["history"], box["grid"]
@@ -406,7 +401,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
         _simulate(main, flaky)
@@ -444,7 +439,7 @@ def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanl
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
         _simulate(main, make_client_app())

@@ -22,4 +22,5 @@ def test_no_arguments_is_the_quick_start() -> None:
 
 def test_a_dataset_or_a_config_file_leaves_the_quick_start_out() -> None:
     assert _resolve("--dataset", "synthetic")["cohort"] == 1.0
-    assert _resolve("--config", str(Path(__file__).parents[2] / "simulations" / "conf" / "synthetic.toml"))["rounds"] == 20
+    conf = Path(__file__).parents[2] / "simulations" / "conf" / "synthetic.toml"
+    assert _resolve("--config", str(conf))["rounds"] == 20
