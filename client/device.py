@@ -17,8 +17,8 @@ import numpy as np
 from flwr.app import Context, Message
 
 from fedrec import wire
-from fedrec.data.partition import InteractionSource, PartitionSource, partitions
-from fedrec.data.spec import load_run_dataset
+from fedrec.data.partition import InteractionSource, n_partitions, partition_of
+from fedrec.data.spec import shared_run_dataset
 from fedrec.errors import ConfigError, SecAggError
 from fedrec.federated.device import DeviceRound, device_evaluate, device_train
 from fedrec.runconfig import RunConfig
@@ -26,20 +26,21 @@ from fedrec.runconfig import RunConfig
 from .records import Downlink, load_state, metrics_content, parse_downlink, save_state, update_content
 
 SourceProvider = Callable[[Context, RunConfig], InteractionSource]
-_PARTITIONS: dict[int, list[PartitionSource]] = {}
 
 
 def simulation_source(context: Context, cfg: RunConfig) -> InteractionSource:
-    """The device's partition of the run's dataset (``partition-id`` from the node config)."""
-    dataset = load_run_dataset(cfg.data)
-    parts = _PARTITIONS.get(id(dataset))
-    if parts is None:
-        _PARTITIONS.clear()
-        parts = _PARTITIONS[id(dataset)] = partitions(dataset, cfg.data.users_per_client, seed=cfg.fed.seed)
+    """The device's partition of the run's dataset (``partition-id`` from the node config).
+
+    The dataset is the memory-mapped store the driver wrote once; the device's
+    rows are sliced from it now, for this message only.
+    """
+    dataset = shared_run_dataset(cfg.data)
     pid = int(context.node_config.get("partition-id", -1))
-    if not 0 <= pid < len(parts):
-        raise ConfigError(f"partition-id {pid} outside the {len(parts)} partitions of {cfg.data.dataset!r}")
-    return parts[pid]
+    upc = cfg.data.users_per_client
+    count = n_partitions(dataset.n_users, users_per_client=upc)
+    if not 0 <= pid < count:
+        raise ConfigError(f"partition-id {pid} outside the {count} partitions of {cfg.data.dataset!r}")
+    return dataset.source(partition_of(dataset.n_users, pid, users_per_client=upc, seed=cfg.fed.seed))
 
 
 class TrainHandler:

@@ -41,7 +41,7 @@ def parse_downlink(msg: Message) -> Downlink:
     if cfg is None:
         _CONFIGS.clear()
         cfg = _CONFIGS[key] = RunConfig.from_flat(flat)
-    arrays = {k: v.numpy() for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
+    arrays = {k: wire.decode_downlink(v.numpy()) for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
     glob = GlobalParams.from_arrays(arrays, _number(config, wire.CFG_GLOBAL_MEAN))
     scale = None
     if wire.CFG_RATING_MIN in config:

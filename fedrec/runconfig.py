@@ -39,6 +39,7 @@ from fedrec.privacy.config import RUN_CONFIG_KEYS as DP_KEYS
 from fedrec.privacy.config import DPConfig
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.local import LocalConfig
+from fedrec.wire import DOWNLINK_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class RunConfig:
     min_clients: int = 1
     """Devices the server waits for before round 1."""
     run_dir: str = "runs/flwr"
+    downlink: str = "float32"
+    """Precision of the downlink table (``downlink.dtype``: float32, float16, bfloat16)."""
     """Where ``flwr run`` writes checkpoints and metrics (``fedrec simulate`` takes ``--run-dir``)."""
 
     @classmethod
@@ -105,7 +108,8 @@ class RunConfig:
         check_finite(flat)
         cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
-                  min_clients=_int(flat, "min-clients", low=1), run_dir=_get(flat, "run-dir", str))
+                  min_clients=_int(flat, "min-clients", low=1), run_dir=_get(flat, "run-dir", str),
+                  downlink=_downlink(flat))
         _check_privacy(cfg)
         _check_wrmf(cfg)
         return cfg
@@ -148,7 +152,8 @@ KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
     "fold": (DataSpec, "fold"), "users-per-client": (DataSpec, "users_per_client"),
     "rounds": (FedConfig, "rounds"), "cohort": (FedConfig, "cohort"), "eval-every": (FedConfig, "eval_every"),
     "seed": (FedConfig, "seed"), "round-timeout": (RunConfig, "round_timeout"), "run-dir": (RunConfig, "run_dir"),
-    "min-clients": (RunConfig, "min_clients"),
+    "min-clients": (RunConfig, "min_clients"), "eval-cohort": (FedConfig, "eval_cohort"),
+    "downlink.dtype": (RunConfig, "downlink"),
     **{f"model.{name.replace('_', '-')}": (MFConfig, name) for name in
        ("dim", "reg", "bias_reg", "init_std", "negatives", "loss", "neg_weight", "recency_boost", "recency_scale",
         "confidence")},
@@ -407,7 +412,24 @@ def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
                              eps=_get(flat, "strategy.eps", float))
     return FedConfig(rounds=_int(flat, "rounds", low=1), cohort=_positive(flat, "cohort"), local=local, server=server,
                      averaging=_get(flat, "strategy.averaging", str), eval_every=_int(flat, "eval-every", low=1),
-                     seed=_int(flat, "seed", low=0))
+                     seed=_int(flat, "seed", low=0), eval_cohort=_eval_cohort(flat))
+
+
+def _eval_cohort(flat: Mapping[str, Scalar]) -> float:
+    """``eval-cohort``: ``all`` (= 1.0, every device), a fraction in (0, 1] or a device count."""
+    value = flat["eval-cohort"]
+    if value == "all":
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"eval-cohort: 'all', a fraction in (0, 1] or a device count, got {value!r}")
+    return float(value)
+
+
+def _downlink(flat: Mapping[str, Scalar]) -> str:
+    value = _get(flat, "downlink.dtype", str)
+    if value not in DOWNLINK_DTYPES:
+        raise ConfigError(f"downlink.dtype: {value!r} is not one of {DOWNLINK_DTYPES}")
+    return str(value)
 
 
 def _dp(flat: Mapping[str, Scalar]) -> DPConfig:

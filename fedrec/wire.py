@@ -6,7 +6,9 @@ this module (and everything it describes) stays free of Flower; the adapters
 copy them into Flower records.
 
 Downlink (server -> device), every device receives the same full table:
-    ``RECORD_GLOBAL``  arrays ``item_factors`` (n_items x d), ``item_bias`` (n_items)
+    ``RECORD_GLOBAL``  arrays ``item_factors`` (n_items x d), ``item_bias`` (n_items), in
+                       ``float32``, ``float16`` or bfloat16 carried as ``uint16``
+                       (``downlink.dtype``; :func:`encode_downlink`)
     ``RECORD_CONFIG``  ``round``, ``global-mean`` and the round's settings; an evaluation
                        downlink of rating data adds the public rating scale
                        (``rating-min``, ``rating-max``), so no device loads data to learn it
@@ -36,6 +38,8 @@ no way to put them in a message through this contract.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 # Message types (Flower's "<category>.<action>" form).
 MSG_TRAIN = "train"
@@ -104,3 +108,29 @@ def secagg_arrays_record(stage: str) -> str:
 def secagg_error_record(stage: str) -> str:
     """ConfigRecord name of a part the device refused: ``SECAGG_REASON`` says why."""
     return f"{RECORD_SECAGG}.{stage}.error"
+
+
+DOWNLINK_DTYPES = ("float32", "float16", "bfloat16")
+"""Precisions of the downlink table. It is public (every device receives the same one), so a coarser
+copy reveals nothing the exact one does not; it halves the bytes the server sends."""
+
+
+def encode_downlink(array: np.ndarray, dtype: str) -> np.ndarray:
+    """``array`` (float32) in the downlink precision; bfloat16 as the top 16 bits, rounded to nearest even."""
+    array = np.ascontiguousarray(array, np.float32)
+    if dtype == "float32":
+        return array
+    if dtype == "float16":
+        return array.astype(np.float16)
+    if dtype == "bfloat16":
+        bits = array.view(np.uint32)
+        rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+        return (rounded >> np.uint32(16)).astype(np.uint16)
+    raise ValueError(f"downlink.dtype: {dtype!r} is not one of {DOWNLINK_DTYPES}")
+
+
+def decode_downlink(array: np.ndarray) -> np.ndarray:
+    """A downlink array back to float32; the encoding is told by the array's own dtype."""
+    if array.dtype == np.uint16:
+        return (array.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return np.asarray(array, np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.data.spec import load_run_dataset
+from fedrec.data.spec import shared_run_dataset
 from fedrec.errors import FedRecError
 from fedrec.runconfig import RunConfig
 
@@ -21,8 +21,8 @@ from .loop import Catalogue, RoundCallback, RunResult, run_on_grid
 
 
 def catalogue_for(cfg: RunConfig) -> Catalogue:
-    """Catalogue size and rating scale: public facts of the item catalogue."""
-    data = load_run_dataset(cfg.data)
+    """Catalogue size and rating scale: public facts of the item catalogue (read from the mapped store)."""
+    data = shared_run_dataset(cfg.data)
     return Catalogue(data.n_items, data.rating_scale)
 
 

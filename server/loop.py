@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from fedrec import wire
 from fedrec.errors import CheckpointError, ConfigError, FedRecError
 from fedrec.federated.policy import ServerPolicy, server_policy
-from fedrec.federated.server_state import ServerState, prior_mean
+from fedrec.federated.server_state import ServerState, prior_mean, sample_eval_cohort
 from fedrec.metrics.core import MetricSums
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
@@ -110,15 +110,21 @@ def run_on_grid(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pa
 
 
 def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
-    """Node ids once at least ``minimum`` are connected (simulation registers them at start)."""
+    """Node ids once at least ``minimum`` are connected (simulation registers them at start).
+
+    The poll backs off to 5 s: listing a million nodes takes the link state's lock for
+    a while, and polling it every half second would slow the registration it waits for.
+    """
     deadline = time.monotonic() + timeout
+    pause = 0.5
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= minimum:
             return nodes
         if time.monotonic() > deadline:
             raise ConfigError(f"min-clients: only {len(nodes)} devices connected within {timeout:.0f}s")
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(2 * pause, 5.0)
 
 
 def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool,
@@ -136,7 +142,7 @@ def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, r
 
 def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
                  rnd: int) -> tuple[RoundSums, list[int], list[dict[str, float]]]:
-    content = train_content(global_record(state.glob),
+    content = train_content(global_record(state.glob, cfg.downlink),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
     replies = _send(grid, content, wire.MSG_TRAIN, cohort, rnd, cfg.round_timeout)
     n_items, dim = state.glob.n_items, state.glob.dim
@@ -170,25 +176,29 @@ def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[s
 
 def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
                    rating_scale: tuple[float, float] | None) -> dict[str, float]:
-    """Every device evaluates on its held-out rows; only sums and counts come back.
+    """An evaluation cohort (``eval-cohort``) evaluates on its held-out rows; only sums and counts come back.
 
-    The downlink carries the public rating scale (predictions are clipped to
-    it), so a device never loads the run's data to learn it. Under secure
-    aggregation the sums come back through the secure sum (:mod:`.secure_eval`):
-    the server sees the totals of at least ``secagg.eval-min-cohort`` devices,
+    The row reports ``eval_devices``, the size of the cohort, so a sampled
+    estimate is never mistaken for the population's figure. The downlink
+    carries the public rating scale (predictions are clipped to it), so a
+    device never loads the run's data to learn it. Under secure aggregation
+    the sums come back through the secure sum (:mod:`.secure_eval`): the
+    server sees the totals of at least ``secagg.eval-min-cohort`` devices,
     never one device's.
     """
+    cohort = sample_eval_cohort(nodes, cfg.fed.eval_size(len(nodes)), seed=cfg.fed.seed, round_=rnd)
     if cfg.secagg.enabled:
-        return secure_evaluate(grid, cfg, state, nodes, rnd, rating_scale=rating_scale)
-    content = train_content(global_record(state.glob),
+        return {**secure_evaluate(grid, cfg, state, cohort, rnd, rating_scale=rating_scale),
+                "eval_devices": len(cohort)}
+    content = train_content(global_record(state.glob, cfg.downlink),
                             config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean,
                                           rating_scale=rating_scale))
-    replies = _send(grid, content, wire.MSG_EVALUATE, nodes, rnd, cfg.round_timeout)
+    replies = _send(grid, content, wire.MSG_EVALUATE, cohort, rnd, cfg.round_timeout)
     total = MetricSums()
     for reply in replies.values():
         if not reply.has_error():
             total.merge(MetricSums.from_flat(metric_values(reply)))
-    return total.result()
+    return {**total.result(), "eval_devices": len(cohort)}
 
 
 def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int,

@@ -12,9 +12,9 @@ from fedrec.errors import FedRecError
 from fedrec.model.params import GlobalParams
 
 
-def global_record(glob: GlobalParams) -> ArrayRecord:
-    """The full item table, identical for every device of the round."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(arr)) for name, arr in glob.arrays().items()})
+def global_record(glob: GlobalParams, dtype: str = "float32") -> ArrayRecord:
+    """The full item table, identical for every device of the round, in the downlink precision ``dtype``."""
+    return ArrayRecord({name: Array(wire.encode_downlink(arr, dtype)) for name, arr in glob.arrays().items()})
 
 
 def config_record(flat: Mapping[str, object], *, round_: int, global_mean: float,

@@ -221,7 +221,7 @@ class GridTrip:
     def _training_records(self) -> dict[str, Any]:
         if self._training is None:
             glob = self.state.glob
-            content = train_content(global_record(glob),
+            content = train_content(global_record(glob, self.cfg.downlink),
                                     config_record(self.cfg.flat, round_=self.rnd, global_mean=glob.global_mean))
             self._training = dict(content.items())
         return self._training

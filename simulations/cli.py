@@ -27,6 +27,8 @@ from fedrec.runconfig import RunConfig, load_toml, parse_overrides
 
 log = logging.getLogger("fedrec.simulate")
 
+QUICKSTART = Path(__file__).resolve().parent / "conf" / "quickstart.toml"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file of run-config keys (see simulations/conf/)")
@@ -41,11 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     parser.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="run the devices on a running Ray cluster (ray start --head ...) instead of a local Ray")
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """File, then shortcuts, then ``--set``; validated before anything runs."""
-    flat: dict[str, Any] = load_toml(args.config) if args.config else {}
+    """File, then shortcuts, then ``--set``; validated before anything runs.
+
+    With neither ``--config`` nor ``--dataset`` the file is ``conf/quickstart.toml``:
+    the command with no arguments is a first look that finishes in about a minute.
+    """
+    config = args.config or (QUICKSTART if args.dataset is None else None)
+    flat: dict[str, Any] = load_toml(config) if config else {}
     shortcuts = {"dataset": args.dataset, "data-dir": args.data_dir, "protocol": args.protocol,
                  "fold": args.fold, "rounds": args.rounds}
     flat.update({k: v for k, v in shortcuts.items() if v is not None})
@@ -66,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     validate(cfg)
     with _progress(cfg, enabled=not args.json) as on_round:
-        result = simulate(cfg, run_dir, resume=args.resume, on_round=on_round, verbose=args.verbose)
+        result = simulate(cfg, run_dir, resume=args.resume, on_round=on_round, verbose=args.verbose,
+                          ray_address=args.ray_address)
     out = {**_finite(result.final), "rounds": result.rounds, "seconds": result.seconds,
            "run_dir": str(result.run_dir), "dataset": cfg.data.dataset, "protocol": cfg.data.protocol,
            "dp_unit": cfg.dp.unit}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.partition import partition_users
-from fedrec.data.spec import load_run_dataset
+from fedrec.data.partition import n_partitions
+from fedrec.data.spec import shared_run_dataset
 from fedrec.errors import CheckpointError, ConfigError
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
@@ -42,9 +43,13 @@ class SimulationResult:
 
 
 def population(cfg: RunConfig) -> int:
-    """Number of simulated devices: one per user, or per group of ``users-per-client``."""
-    data = load_run_dataset(cfg.data)
-    return len(partition_users(data.n_users, users_per_client=cfg.data.users_per_client, seed=cfg.fed.seed))
+    """Number of simulated devices: one per user, or per group of ``users-per-client``.
+
+    Reads the size from the run's mapped dataset store, which the first call
+    builds: the data is made once, here, and every worker maps it.
+    """
+    data = shared_run_dataset(cfg.data)
+    return n_partitions(data.n_users, users_per_client=cfg.data.users_per_client)
 
 
 def validate(cfg: RunConfig) -> int:
@@ -74,19 +79,28 @@ def check_secagg_threshold(cfg: RunConfig, cohort: int) -> None:
 
 
 def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: RoundHook | None = None,
-             verbose: bool = False, num_cpus_per_client: float = 1.0) -> SimulationResult:
-    """Run every round of ``cfg`` with one virtual Flower SuperNode per device."""
+             verbose: bool = False, num_cpus_per_client: float = 1.0, ray_address: str | None = None,
+             client_app: Any = None) -> SimulationResult:
+    """Run every round of ``cfg`` with one virtual Flower SuperNode per device.
+
+    ``ray_address`` (``host:port`` of a running Ray cluster, see README "Scaling
+    out") runs the devices on that cluster's nodes instead of a Ray started on
+    this machine; ``client_app`` replaces fedrec's ClientApp (tests wrap it).
+    """
+    from fedrec.client.app import make_client_app
+    from fedrec.client.persist import PersistDeviceState
+    from fedrec.server.app import make_server_app
+    from flwr.simulation import run_simulation
+
     n_devices = validate(cfg)
     table = run_dir / DEVICE_STATE_FILE
     if resume:
         DeviceStateTable(table).truncate_after(prepare_resume(cfg, run_dir))
     else:
         remove_table(table)
-    from fedrec.client.app import make_client_app
-    from fedrec.client.persist import PersistDeviceState
-    from fedrec.server.app import make_server_app
-    from flwr.simulation import run_simulation
-
+    # The engine registers its nodes while the ServerApp starts: wait for all of them, or the first
+    # cohorts would be drawn from the part of a large population registered so far.
+    cfg = dataclasses.replace(cfg, min_clients=max(cfg.min_clients, n_devices))
     if os.environ.get("FEDREC_LINKSTATE_INDEX", "1") != "0":
         from .flower_linkstate import install
 
@@ -102,10 +116,11 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     run_simulation(
         server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results,
                                    errors=errors),
-        client_app=make_client_app(mods=[PersistDeviceState(str(table))]),
+        client_app=client_app if client_app is not None else make_client_app(mods=[PersistDeviceState(str(table))]),
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}},
+                        "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose,
+                                      **({"address": ray_address} if ray_address else {})}},
         verbose_logging=verbose,
     )
     seconds = time.perf_counter() - start
@@ -129,7 +144,7 @@ def prepare_resume(cfg: RunConfig, run_dir: Path) -> int:
     lines past it are dropped, and the checkpoint's own line is restored if a
     crash fell between writing the checkpoint and the line.
     """
-    data = load_run_dataset(cfg.data)
+    data = shared_run_dataset(cfg.data)
     state, extra = load_checkpoint(run_dir / CHECKPOINT_FILE, n_items=data.n_items, dim=cfg.model.dim)
     history = [r for r in read_history(run_dir / METRICS) if int(r["round"]) <= state.round]
     row = extra.get("row")

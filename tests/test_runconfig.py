@@ -107,3 +107,43 @@ def test_defaults_are_the_dataclass_defaults() -> None:
     assert (cfg.data, cfg.model, cfg.fed, cfg.dp, cfg.secagg) == (DataSpec(), MFConfig(), FedConfig(), DPConfig(),
                                                                    SecAggSpec())
     assert (cfg.round_timeout, cfg.min_clients, cfg.run_dir) == (600.0, 1, "runs/flwr")
+
+
+@pytest.mark.parametrize(("value", "population", "size"), [(1000, 2000, 1000), (1000, 943, 943), ("all", 5000, 5000),
+                                                            (1.0, 5000, 5000), (0.1, 5000, 500)])
+def test_eval_cohort_sizes(value: object, population: int, size: int) -> None:
+    assert RunConfig.from_flat({"eval-cohort": value}).fed.eval_size(population) == size
+
+
+@pytest.mark.parametrize("value", [0, -3, "some", True])
+def test_eval_cohort_rejects_bad_values(value: object) -> None:
+    with pytest.raises(ConfigError, match="eval-cohort"):
+        RunConfig.from_flat({"eval-cohort": value})
+
+
+def test_eval_cohort_sample_is_reproducible_and_leaves_training_draws_alone() -> None:
+    from fedrec.federated.server_state import sample_eval_cohort
+
+    nodes = list(range(100, 1100))
+    a = sample_eval_cohort(nodes, 50, seed=1, round_=5)
+    assert a == sample_eval_cohort(nodes, 50, seed=1, round_=5) and a == sorted(set(a)) and len(a) == 50
+    assert a != sample_eval_cohort(nodes, 50, seed=1, round_=10)
+    assert sample_eval_cohort(nodes, 5000, seed=1, round_=5) == nodes
+
+
+def test_downlink_precision_round_trips_within_its_resolution() -> None:
+    import numpy as np
+
+    from fedrec.wire import decode_downlink, encode_downlink
+
+    table = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32) * 0.3
+    assert encode_downlink(table, "float32") is not None and np.array_equal(decode_downlink(table), table)
+    for dtype, nbytes, rel in (("float16", 2, 2**-11), ("bfloat16", 2, 2**-8)):
+        wire_form = encode_downlink(table, dtype)
+        assert wire_form.itemsize == nbytes
+        back = decode_downlink(wire_form)
+        assert back.dtype == np.float32 and np.all(np.abs(back - table) <= rel * np.abs(table) + 1e-7)
+    assert decode_downlink(encode_downlink(np.array([1.0, -2.5, 0.0], np.float32), "bfloat16")).tolist() == [
+        1.0, -2.5, 0.0]  # exactly representable values survive
+    with pytest.raises(ConfigError, match="downlink.dtype"):
+        RunConfig.from_flat({"downlink.dtype": "int8"})

@@ -10,6 +10,7 @@ client.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -174,3 +175,29 @@ def _gather(groups: list[np.ndarray], users: np.ndarray) -> np.ndarray:
     if len(users) == 1:
         return groups[int(users[0])]
     return np.concatenate([groups[int(u)] for u in users]) if len(users) else np.empty(0, np.int64)
+
+
+def n_partitions(n_users: int, *, users_per_client: int = 1) -> int:
+    """Number of clients :func:`partition_users` makes, without making them."""
+    return -(-n_users // users_per_client)
+
+
+def partition_of(n_users: int, client: int, *, users_per_client: int = 1, seed: int = 0) -> np.ndarray:
+    """Users of one client, equal to ``partition_users(...)[client]`` without building the other clients.
+
+    A simulated device calls this when its message arrives; at a million users
+    building every client's array in every worker would cost seconds and
+    hundreds of megabytes per process.
+    """
+    if not 0 <= client < n_partitions(n_users, users_per_client=users_per_client):
+        raise ConfigError(f"client {client} outside the {n_partitions(n_users, users_per_client=users_per_client)} "
+                          "partitions")
+    if users_per_client == 1:
+        return np.array([client], dtype=np.int64)
+    order = _shuffled_users(n_users, seed)
+    return np.sort(order[client * users_per_client : (client + 1) * users_per_client])
+
+
+@lru_cache(maxsize=2)
+def _shuffled_users(n_users: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n_users).astype(np.int64)

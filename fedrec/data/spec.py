@@ -9,11 +9,16 @@ rows through its :class:`~fedrec.data.partition.InteractionSource` only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedrec.data.interactions import Dataset
 from fedrec.data.synthetic import SyntheticConfig
+
+if TYPE_CHECKING:
+    from fedrec.data.mapped import MappedDataset
 
 
 @dataclass(frozen=True)
@@ -46,3 +51,32 @@ def load_run_dataset(spec: DataSpec) -> Dataset:
                                            protocol=spec.protocol,  # type: ignore[arg-type]  # validated in runconfig
                                            fold=spec.fold, synthetic=spec.synthetic)
     return _DATASET_CACHE[key]
+
+
+_MAPPED_CACHE: dict[DataSpec, MappedDataset] = {}
+
+
+def shared_run_dataset(spec: DataSpec) -> MappedDataset:
+    """The run's dataset as a :class:`~fedrec.data.mapped.MappedDataset`, made once per machine.
+
+    The first process to ask (the simulation driver) loads or generates the
+    data and writes the store under ``$FEDREC_CACHE_DIR``; every later process
+    (the simulation's workers, later runs with the same data) only maps it.
+    Simulated devices slice their rows from it; the server reads only sizes.
+    """
+    if spec in _MAPPED_CACHE:
+        return _MAPPED_CACHE[spec]
+    from fedrec.data.mapped import mapped_dataset, source_fingerprint
+    from fedrec.data.registry import DATA_DIR_ENV, load_dataset
+
+    data_dir = spec.data_dir or os.environ.get(DATA_DIR_ENV, "")
+    key: dict[str, Any] = {"dataset": spec.dataset, "protocol": spec.protocol, "fold": spec.fold}
+    if spec.dataset == "synthetic":
+        key["synthetic"] = asdict(spec.synthetic)
+    else:
+        key["data"] = source_fingerprint(Path(data_dir)) if data_dir else ""
+    _MAPPED_CACHE.clear()
+    _MAPPED_CACHE[spec] = mapped_dataset(key, lambda: load_dataset(
+        spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
+        fold=spec.fold, synthetic=spec.synthetic))
+    return _MAPPED_CACHE[spec]

@@ -8,9 +8,11 @@ Model
 -----
 Item side (drawn once from ``default_rng([seed, ITEM_STREAM])``): factors
 ``q_i``, biases ``b_i`` and a Zipf popularity over a random permutation of the
-items. User side (drawn from ``default_rng([seed, u])``, so user ``u`` depends
-on nothing but the seed and the item side): a log-normal activity ``k_u``,
-factors ``p_u`` and bias ``b_u``.
+items. User side, in blocks of ``USER_BLOCK`` users drawn together from
+``default_rng([seed, BLOCK_STREAM, block])`` (so user ``u`` depends on nothing
+but the seed, its block and the item side, never on ``n_users``): a log-normal
+activity ``k_u``, factors ``p_u`` and bias ``b_u``. A block is one vectorised
+pass: a million users take seconds, not the minutes of a loop per user.
 
 * Explicit: ``k_u`` items sampled without replacement by popularity; rating
   ``clip(round(mu + b_u + b_i + p_u . q_i + noise), 1, 5)``.
@@ -42,10 +44,17 @@ logger = logging.getLogger(__name__)
 ITEM_STREAM = 2**63
 """Entropy word of the item-side random stream; user indices never reach it."""
 
+BLOCK_STREAM = 2**63 + 1
+"""Entropy word of the user-block streams (``default_rng([seed, BLOCK_STREAM, block])``)."""
+
+USER_BLOCK = 1024
+"""Users drawn together from one stream: one vectorised pass per block instead of a loop per user."""
+
 POOL_FACTOR = 8
 """Candidate draws per wanted item; below ``POOL_FACTOR * k`` items the exact full sampler runs."""
 
-_MAX_POOL_ROUNDS = 4
+FULL_CELLS = 1 << 22
+"""Largest users x items block of logits the exact sampler holds at once."""
 
 UserRows = tuple[int, np.ndarray, np.ndarray, np.ndarray]
 """``(user_index, items int64, ratings float32, timestamps int64)`` of one user."""
@@ -232,114 +241,182 @@ def iter_users(
 ) -> Iterator[UserRows]:
     """Stream users ``start..stop-1`` as ``(user, items, ratings, timestamps)``.
 
-    Memory is the item model plus one user; a user's rows are identical whether
-    generated alone (``start=u, stop=u+1``) or within any stream.
+    Memory is the item model plus one block of :data:`USER_BLOCK` users; a
+    user's rows are identical whether generated alone (``start=u, stop=u+1``),
+    within any stream, or with any ``n_users`` larger than ``u``.
     """
     stop = config.n_users if stop is None else stop
     if not 0 <= start <= stop <= config.n_users:
         raise ConfigError(f"user range [{start}, {stop}) must lie within [0, {config.n_users})")
     model = ItemModel.build(config)
-    for user in range(start, stop):
-        items, ratings, timestamps = user_rows(config, model, user)
-        yield user, items, ratings, timestamps
-
-
-def user_factors(config: SyntheticConfig, user: int) -> tuple[np.ndarray, float]:
-    """True ``(p_u, b_u)`` of a user: the oracle an evaluation can compare a model against."""
-    _, p_u, b_u, _ = _user_start(config, user)
-    return p_u, b_u
-
-
-def _user_start(
-    config: SyntheticConfig, user: int
-) -> tuple[int, np.ndarray, float, np.random.Generator]:
-    """Activity, factors and bias of a user, plus its generator positioned after them."""
-    rng = np.random.default_rng([config.seed, user])
-    k = _activity(rng, config)
-    p_u = rng.standard_normal(config.rank) * config.factor_std
-    b_u = float(rng.standard_normal() * config.user_bias_std)
-    return k, p_u, b_u, rng
+    for block in range(start // USER_BLOCK, (stop + USER_BLOCK - 1) // USER_BLOCK):
+        rows = block_rows(config, model, block)
+        for user in range(max(start, rows.first), min(stop, rows.first + USER_BLOCK)):
+            yield (user, *rows.user(user))
 
 
 def user_rows(
     config: SyntheticConfig, model: ItemModel, user: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One user's ``(items, ratings, timestamps)``, in time order."""
-    k, p_u, b_u, rng = _user_start(config, user)
-    chosen = _sample_items(rng, model, k, p_u if config.implicit else None)
-    items = rng.permutation(np.sort(chosen))
-    noise = rng.standard_normal(k) * config.noise_std
+    """One user's ``(items, ratings, timestamps)``, in time order (generates the user's block)."""
+    return block_rows(config, model, user // USER_BLOCK).user(user)
+
+
+def user_factors(config: SyntheticConfig, user: int) -> tuple[np.ndarray, float]:
+    """True ``(p_u, b_u)`` of a user: the oracle an evaluation can compare a model against."""
+    _, p, b, _ = _block_start(config, user // USER_BLOCK)
+    return p[user % USER_BLOCK], float(b[user % USER_BLOCK])
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """The rows of users ``first .. first + USER_BLOCK - 1``, grouped by user, each in time order."""
+
+    first: int
+    offsets: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+
+    def user(self, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(items, ratings, timestamps)`` of one user of the block."""
+        lo, hi = self.offsets[user - self.first], self.offsets[user - self.first + 1]
+        return self.items[lo:hi], self.ratings[lo:hi], self.timestamps[lo:hi]
+
+
+def _block_start(
+    config: SyntheticConfig, block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+    """Activities, factors and biases of a block's users, plus its generator positioned after them.
+
+    A block always draws :data:`USER_BLOCK` users, whatever ``n_users``, so a
+    user's rows never depend on how many users follow it.
+    """
+    rng = np.random.default_rng([config.seed, BLOCK_STREAM, block])
+    k = _activity(rng, config, USER_BLOCK)
+    p = rng.standard_normal((USER_BLOCK, config.rank)) * config.factor_std
+    b = rng.standard_normal(USER_BLOCK) * config.user_bias_std
+    return k, p, b, rng
+
+
+def block_rows(config: SyntheticConfig, model: ItemModel, block: int) -> BlockRows:
+    """All rows of one block of users, vectorised over the block (no Python loop per user)."""
+    k, p, b_u, rng = _block_start(config, block)
+    owners, items = _sample_block(rng, model, k, p if config.implicit else None)
+    order = np.argsort(owners + rng.random(len(items)))  # random time order within each user
+    owners, items = owners[order], items[order]
+    offsets = np.zeros(USER_BLOCK + 1, dtype=np.int64)
+    np.cumsum(k, out=offsets[1:])
+    noise = rng.standard_normal(len(items)) * config.noise_std
     if config.implicit:
-        ratings = np.ones(k, dtype=np.float32)
+        ratings = np.ones(len(items), dtype=np.float32)
     else:
-        mean = config.global_mean + b_u + model.biases[items] + model.factors[items] @ p_u
+        affinity = np.einsum("ij,ij->i", model.factors[items], p[owners])
+        mean = config.global_mean + b_u[owners] + model.biases[items] + affinity
         ratings = np.clip(np.rint(mean + noise), 1.0, 5.0).astype(np.float32)
-    first = config.start_time + int(rng.integers(0, config.time_span))
-    gaps = 1 + np.floor(rng.exponential(config.mean_gap, size=k)).astype(np.int64)
-    gaps[0] = 0
-    timestamps = first + np.cumsum(gaps)
-    return items.astype(np.int64), ratings, timestamps
+    first = config.start_time + rng.integers(0, config.time_span, size=USER_BLOCK)
+    gaps = 1 + np.floor(rng.exponential(config.mean_gap, size=len(items))).astype(np.int64)
+    gaps[offsets[:-1][k > 0]] = 0
+    elapsed = np.cumsum(gaps)
+    timestamps = first[owners] + elapsed - elapsed[offsets[owners]]
+    return BlockRows(block * USER_BLOCK, offsets, items.astype(np.int64), ratings, timestamps)
 
 
-def _activity(rng: np.random.Generator, config: SyntheticConfig) -> int:
-    """Log-normal activity with mean ``mean_interactions``, clipped to the allowed range."""
+def _activity(rng: np.random.Generator, config: SyntheticConfig, size: int) -> np.ndarray:
+    """Log-normal activities with mean ``mean_interactions``, clipped to the allowed range."""
     sigma = config.activity_sigma
-    draw = config.mean_interactions * math.exp(sigma * rng.standard_normal() - sigma * sigma / 2)
-    return int(min(max(round(draw), config.min_interactions), config.k_max))
+    draw = config.mean_interactions * np.exp(sigma * rng.standard_normal(size) - sigma * sigma / 2)
+    return np.clip(np.rint(draw), config.min_interactions, config.k_max).astype(np.int64)
 
 
-def _sample_items(
-    rng: np.random.Generator, model: ItemModel, k: int, p_u: np.ndarray | None
-) -> np.ndarray:
-    """``k`` distinct items drawn with probability ``∝ popularity * exp(p_u . q_i)``.
+def _sample_block(
+    rng: np.random.Generator, model: ItemModel, k: np.ndarray, p: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``k[u]`` distinct items per user ``u``, probability ``∝ popularity * exp(p_u . q_i)``.
 
-    ``p_u=None`` samples by popularity alone (explicit feedback).
+    ``p=None`` samples by popularity alone (explicit feedback). Returns
+    ``(owner, item)`` pairs grouped by owner.
 
     Successive sampling without replacement is Gumbel-top-k on the log weights.
-    For large catalogues the Gumbel-top-k runs over a candidate pool drawn by
-    the alias table from the popularity; each distinct candidate's multiplicity
-    stands in for its popularity (sampling-importance-resampling), which costs
-    ``O(k log k)`` instead of ``O(n_items)``.
+    For a user with ``POOL_FACTOR * k < n_items`` it runs over a candidate pool
+    drawn by the alias table from the popularity; each distinct candidate's
+    multiplicity stands in for its popularity (sampling-importance-resampling),
+    which costs ``O(k log k)`` instead of ``O(n_items)``. Users whose pool has
+    fewer than ``2 k`` distinct candidates, and users with ``k`` a sizeable
+    fraction of the catalogue, take the exact sampler over all items.
     """
     n_items = model.n_items
-    if k * POOL_FACTOR < n_items:
-        draws = POOL_FACTOR * k
-        pool = model.draw_popular(rng, draws)
-        for _ in range(_MAX_POOL_ROUNDS):
-            candidates, counts = np.unique(pool, return_counts=True)
-            if len(candidates) >= 2 * k:
-                logits = np.log(counts.astype(np.float64))
-                if p_u is not None:
-                    logits += model.factors[candidates] @ p_u
-                return np.asarray(candidates[_gumbel_top_k(rng, logits, k)])
-            pool = np.concatenate([pool, model.draw_popular(rng, draws)])
-            draws *= 2
-    logits = model.log_popularity.copy()
-    if p_u is not None:
-        logits += model.factors @ p_u
-    return _gumbel_top_k(rng, logits, k)
+    pooled = np.flatnonzero(k * POOL_FACTOR < n_items)
+    pool_owners, pool_items, short = _pool_sample(rng, model, k, pooled, p)
+    full = np.sort(np.concatenate([np.flatnonzero(k * POOL_FACTOR >= n_items), short]))
+    full_owners, full_items = _full_sample(rng, model, k, full, p)
+    owners = np.concatenate([pool_owners, full_owners])
+    items = np.concatenate([pool_items, full_items])
+    order = np.argsort(owners, kind="stable")
+    return owners[order], items[order]
 
 
-def _gumbel_top_k(rng: np.random.Generator, logits: np.ndarray, k: int) -> np.ndarray:
-    keys = logits + rng.gumbel(size=len(logits))
-    if k >= len(keys):
-        return np.arange(len(keys))
-    return np.argpartition(-keys, k - 1)[:k]
+def _pool_sample(
+    rng: np.random.Generator, model: ItemModel, k: np.ndarray, users: np.ndarray, p: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gumbel-top-k over alias-drawn candidate pools; also returns the users whose pool was too small."""
+    n_items = model.n_items
+    want = k[users]
+    draws = want * POOL_FACTOR
+    local = np.repeat(np.arange(len(users)), draws)
+    keys, counts = np.unique(local * n_items + model.draw_popular(rng, int(draws.sum())), return_counts=True)
+    owner, item = keys // n_items, keys % n_items
+    distinct = np.bincount(owner, minlength=len(users))
+    logits = np.log(counts.astype(np.float64))
+    if p is not None:
+        logits += np.einsum("ij,ij->i", model.factors[item], p[users[owner]])
+    logits += rng.gumbel(size=len(logits))
+    # one float sort instead of a lexsort: owner, then logits descending (arctan maps them into (0, 1))
+    order = np.argsort(owner + (0.5 - np.arctan(logits) / np.pi))
+    starts = np.zeros(len(users), dtype=np.int64)
+    np.cumsum(distinct[:-1], out=starts[1:])
+    owner_sorted = owner[order]
+    rank = np.arange(len(order)) - starts[owner_sorted]
+    ok = distinct >= 2 * want
+    keep = order[(rank < want[owner_sorted]) & ok[owner_sorted]]
+    return users[owner[keep]], item[keep], users[~ok]
+
+
+def _full_sample(
+    rng: np.random.Generator, model: ItemModel, k: np.ndarray, users: np.ndarray, p: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Gumbel-top-k over the whole catalogue, in chunks of at most ``FULL_CELLS`` logits."""
+    n_items = model.n_items
+    owners, items = [], []
+    step = max(1, FULL_CELLS // n_items)
+    for lo in range(0, len(users), step):
+        chunk = users[lo : lo + step]
+        logits = np.broadcast_to(model.log_popularity, (len(chunk), n_items)).copy()
+        if p is not None:
+            logits += p[chunk] @ model.factors.T
+        logits += rng.gumbel(size=logits.shape)
+        ranked = np.argsort(-logits, axis=1)
+        take = np.arange(n_items)[None, :] < k[chunk][:, None]
+        owners.append(np.repeat(chunk, k[chunk]))
+        items.append(ranked[take])
+    if not owners:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(owners), np.concatenate(items)
 
 
 def generate(config: SyntheticConfig) -> Interactions:
     """Materialise all users (rows grouped by user, each user's rows in time order)."""
-    users, items, ratings, timestamps = [], [], [], []
-    for user, its, rs, ts in iter_users(config):
-        users.append(np.full(len(its), user, dtype=np.int64))
-        items.append(its)
-        ratings.append(rs)
-        timestamps.append(ts)
+    model = ItemModel.build(config)
+    n_blocks = (config.n_users + USER_BLOCK - 1) // USER_BLOCK
+    parts = [block_rows(config, model, block) for block in range(n_blocks)]
+    last = config.n_users - (n_blocks - 1) * USER_BLOCK
+    ends = [len(part.items) for part in parts[:-1]] + [int(parts[-1].offsets[last])]
+    counts = np.concatenate([np.diff(part.offsets) for part in parts])[: config.n_users]
     inter = Interactions.build(
-        np.concatenate(users),
-        np.concatenate(items),
-        np.concatenate(ratings),
-        np.concatenate(timestamps),
+        np.repeat(np.arange(config.n_users, dtype=np.int64), counts),
+        np.concatenate([part.items[:end] for part, end in zip(parts, ends, strict=True)]),
+        np.concatenate([part.ratings[:end] for part, end in zip(parts, ends, strict=True)]),
+        np.concatenate([part.timestamps[:end] for part, end in zip(parts, ends, strict=True)]),
         n_users=config.n_users,
         n_items=config.n_items,
         user_ids=IdMap.range(config.n_users),

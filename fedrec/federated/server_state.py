@@ -41,6 +41,10 @@ class FedConfig:
         ``"item"`` or ``"fedavg"`` (see :mod:`fedrec.train.aggregate`).
     eval_every:
         Evaluate on devices every N rounds (and always after the last round).
+    eval_cohort:
+        Devices per evaluation, as ``cohort`` (a count, capped at the
+        population, or a fraction; ``1.0`` is everyone). A sample estimates the
+        population's metrics at a cost that does not grow with it.
     seed:
         Seeds cohort sampling and device randomness.
     """
@@ -52,6 +56,7 @@ class FedConfig:
     averaging: str = "item"
     eval_every: int = 5
     seed: int = 0
+    eval_cohort: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -62,6 +67,8 @@ class FedConfig:
             raise ConfigError(f"strategy.averaging: {self.averaging!r} is not one of {AVERAGINGS}")
         if self.eval_every < 1:
             raise ConfigError(f"eval-every: must be >= 1, got {self.eval_every}")
+        if self.eval_cohort <= 0:
+            raise ConfigError(f"eval-cohort: must be > 0 or 'all', got {self.eval_cohort}")
 
     def cohort_size(self, population: int) -> int:
         """Devices per round for a population; ``ConfigError`` if larger than it."""
@@ -69,6 +76,28 @@ class FedConfig:
         if size > population:
             raise ConfigError(f"cohort: {size} devices per round but the population is {population}")
         return max(size, 1)
+
+
+    def eval_size(self, population: int) -> int:
+        """Devices per evaluation: ``eval_cohort`` of the population, at most all of it."""
+        size = round(self.eval_cohort * population) if self.eval_cohort <= 1 else int(self.eval_cohort)
+        return min(max(size, 1), population)
+
+
+EVAL_STREAM = 2**62 + 7
+"""Entropy word of the evaluation-cohort streams; training cohorts never draw from them."""
+
+
+def sample_eval_cohort(nodes: Sequence[int], size: int, *, seed: int, round_: int) -> list[int]:
+    """The devices that evaluate after ``round_``: a uniform sample, in node order.
+
+    Drawn from its own stream (``seed``, ``round_``), so sampling it never
+    shifts the training cohorts or the server's noise.
+    """
+    if size >= len(nodes):
+        return list(nodes)
+    rng = np.random.default_rng([seed, EVAL_STREAM, round_])
+    return [nodes[i] for i in np.sort(rng.choice(len(nodes), size=size, replace=False))]
 
 
 def sample_cohort(nodes: Sequence[int], size: int, rng: np.random.Generator, *,

@@ -18,13 +18,16 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from opacus.accountants import IAccountant, RDPAccountant, create_accountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedrec.errors import PrivacyError
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+# Opacus (and with it torch, seconds of import time) loads on first use: a run without DP never pays for it.
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,9 @@ def _rdp_epsilon(history: History, delta: float) -> float:
     sum and the conversion are Opacus's own, giving bit-identical results while
     a device that repeats the same phase every round pays for it once.
     """
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = sum(np.array(_unit_rdp(q, sigma)) * steps for sigma, q, steps in history)
     eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
@@ -151,6 +157,9 @@ def _rdp_epsilon(history: History, delta: float) -> float:
 
 @lru_cache(maxsize=1024)
 def _unit_rdp(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     curve = rdp_analysis.compute_rdp(
         q=sample_rate,
         noise_multiplier=noise_multiplier,
@@ -166,6 +175,8 @@ def opacus_accountant(kind: str, history: History = ()) -> IAccountant:
     Handy to hand the spent budget to an Opacus ``PrivacyEngine``
     (``engine.accountant = opacus_accountant(...)``).
     """
+    from opacus.accountants import create_accountant
+
     _check_kind(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

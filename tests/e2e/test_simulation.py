@@ -42,12 +42,13 @@ def _run(cfg: RunConfig, client: ClientApp, n_devices: int) -> tuple[RecordingGr
 
 
 def test_simulate_writes_the_run_folder(tmp_path: Path) -> None:
-    cfg = RunConfig.from_flat(SMALL)
+    cfg = RunConfig.from_flat({**SMALL, "eval-cohort": 10})
     result = simulate(cfg, tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.toml", "metrics.jsonl", "checkpoint.npz", "metrics.png", "report.md"} <= files
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2] and all(r["survivors"] == 24 for r in rows)
+    assert [r["eval_devices"] for r in rows] == [10, 10]  # a sampled evaluation says how many devices it had
     assert result.final["rmse"] < 2.0
 
 

@@ -57,3 +57,54 @@ def test_index_matches_flower_scan(seed: int) -> None:
     finally:
         flower_linkstate.uninstall()
     assert any(got for _, got in expected)
+
+
+def _extracted(seed: int) -> list[list[int]]:
+    """Messages the engine's extractor thread hands to the workers, sweep by sweep (as message indices)."""
+    import queue
+    import threading
+
+    rng = np.random.default_rng(seed)
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    run = Run.create_empty(run_id=int(rng.integers(1, 1 << 62)))
+    run.federation_id = NOOP_FEDERATION_ID
+    run.primary_task_id = int(rng.integers(1, 1 << 62))
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run.run_id, 1, SUPERLINK_NODE_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)  # type: ignore[attr-defined]
+    mapping = vce_api._register_nodes(300, factory)  # noqa: SLF001
+    nodes = list(mapping)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    targets = [nodes[int(i)] for i in rng.integers(0, 20, 30)]  # several messages per node: one per sweep
+    messages = [grid.create_message(RecordDict({"c": ConfigRecord({"i": i})}), "train", n, "1")
+                for i, n in enumerate(targets)]
+    by_id = {m: i for i, m in enumerate(grid.push_messages(messages))}
+    out: queue.Queue[object] = queue.Queue()
+    stop = threading.Event()
+    thread = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, out, mapping, stop))
+    thread.start()
+    try:
+        sweeps: list[list[int]] = []
+        while sum(map(len, sweeps)) < len(messages):
+            got = [by_id[out.get(timeout=10).metadata.message_id]]  # type: ignore[attr-defined]
+            stop.wait(0.05)
+            while not out.empty():
+                got.append(by_id[out.get().metadata.message_id])  # type: ignore[attr-defined]
+            sweeps.append(sorted(got))
+    finally:
+        stop.set()
+        thread.join()
+    return sweeps
+
+
+def test_extractor_visits_only_pending_nodes_and_delivers_the_same_messages() -> None:
+    flower_linkstate.uninstall()
+    expected = _extracted(3)
+    try:
+        assert flower_linkstate.install()
+        got = _extracted(3)
+    finally:
+        flower_linkstate.uninstall()
+    assert sorted(sum(got, [])) == sorted(sum(expected, [])) == list(range(30))
