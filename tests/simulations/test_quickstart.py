@@ -1,4 +1,4 @@
-"""`fedrec simulate` with no arguments starts from the quick-start file; any --config or --dataset replaces it."""
+"""`fedrec simulate` with no arguments starts from the quick-start file; any --config, --dataset or --set replaces it."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ def _resolve(*argv: str) -> dict[str, object]:
 
 def test_no_arguments_is_the_quick_start() -> None:
     flat = _resolve()
-    assert (flat["dataset"], flat["cohort"], flat["rounds"], flat["eval-every"]) == ("synthetic", 400, 25, 25)
-    assert _resolve("--set", "cohort=1.0")["cohort"] == 1.0
+    assert (flat["dataset"], flat["cohort"], flat["rounds"], flat["eval-every"]) == ("synthetic", 0.2, 25, 25)
+
+
+def test_any_set_starts_from_the_plain_defaults() -> None:
+    flat = _resolve("--set", "synthetic.n-users=6")
+    assert (flat["cohort"], flat["rounds"], flat["eval-every"]) == (1.0, 30, 5)
 
 
 def test_a_dataset_or_a_config_file_leaves_the_quick_start_out() -> None:
