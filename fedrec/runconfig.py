@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.options import DATA_DEFAULTS, CsvOptions, SplitSpec, data_options
 from fedrec.data.synthetic import SyntheticConfig
 from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig
@@ -76,6 +77,7 @@ DEFAULTS: dict[str, Scalar] = {
     "secagg.clip": 1.0,
     "secagg.timeout": 600.0,
     "secagg.pipeline": True,
+    **DATA_DEFAULTS,  # csv.* and split*: fedrec/data/options.py
 }
 
 # Keys that are valid but have no default (absent means "not set").
@@ -108,6 +110,8 @@ class DataSpec:
     fold: int
     users_per_client: int
     synthetic: SyntheticConfig
+    csv: CsvOptions = CsvOptions()
+    split: SplitSpec = SplitSpec()
 
 
 @dataclass(frozen=True)
@@ -257,8 +261,9 @@ def _data(flat: Mapping[str, Scalar]) -> DataSpec:
         syn = SyntheticConfig(**synthetic)
     except TypeError as exc:
         raise ConfigError(f"synthetic.*: {exc}") from exc
+    csv_options, split = data_options(flat)
     return DataSpec(dataset, _get(flat, "data-dir", str), _get(flat, "protocol", str), _int(flat, "fold", low=1),
-                    _int(flat, "users-per-client", low=1), syn)
+                    _int(flat, "users-per-client", low=1), syn, csv_options, split)
 
 
 def _model(flat: Mapping[str, Scalar]) -> MFConfig:
@@ -311,10 +316,11 @@ def load_run_dataset(spec: DataSpec) -> Any:
     """
     from fedrec.data.registry import load_dataset
 
-    key = (spec.dataset, spec.data_dir, spec.protocol, spec.fold, spec.synthetic)
+    key = (spec.dataset, spec.data_dir, spec.protocol, spec.fold, spec.synthetic, spec.csv, spec.split)
     if key not in _DATASET_CACHE:
         _DATASET_CACHE.clear()
         _DATASET_CACHE[key] = load_dataset(spec.dataset, data_dir=spec.data_dir or None,
                                            protocol=spec.protocol,  # type: ignore[arg-type]
-                                           fold=spec.fold, synthetic=spec.synthetic)
+                                           fold=spec.fold, synthetic=spec.synthetic, csv=spec.csv,
+                                           split=spec.split)
     return _DATASET_CACHE[key]

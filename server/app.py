@@ -13,6 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedrec.data.registry import check_recency
 from fedrec.runconfig import RunConfig, load_run_dataset
 
 from .loop import Catalogue, RoundCallback, RunResult, run_server
@@ -44,5 +45,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(dict(context.run_config))
+    check_recency(load_run_dataset(cfg.data), recency_boost=cfg.model.recency_boost)
     run_dir = Path(str(context.run_config.get("run-dir", "runs/flwr")))
     run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir)

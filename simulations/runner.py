@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partition_users
+from fedrec.data.registry import check_recency
 from fedrec.runconfig import RunConfig, load_run_dataset
 from fedrec.store.atomic import atomic_write_text
 
@@ -42,6 +43,7 @@ def population(cfg: RunConfig) -> int:
 
 def validate(cfg: RunConfig) -> int:
     """Everything that can fail before round 1 fails here (data present, cohort fits)."""
+    check_recency(load_run_dataset(cfg.data), recency_boost=cfg.model.recency_boost)
     n = population(cfg)
     cfg.fed.cohort_size(n)
     return n
