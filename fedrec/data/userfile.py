@@ -175,18 +175,21 @@ def _sample(path: Path, encoding: str) -> list[str]:
 
 
 def _sniff_separator(path: Path, sample: list[str]) -> str:
-    """The first candidate giving every sampled line the same field count (>= 2).
+    """The first candidate splitting line 1 into >= 2 fields and most sampled lines alike.
 
-    ``.tsv``/``.tab`` prefer tab and ``.csv`` comma when those fit.
+    ``.tsv``/``.tab`` prefer tab and ``.csv`` comma when those fit. A minority
+    of ragged lines does not change the choice, so the reader can then name the
+    bad line instead of failing here.
     """
     preferred = {".tsv": "\t", ".tab": "\t", ".csv": ","}.get(path.suffix.lower())
     order = ([preferred] if preferred else []) + [s for s in _CANDIDATE_SEPS if s != preferred]
     for sep in order:
-        counts = {len(fields) for _, fields in _split_lines(iter(sample), sep)}
-        if len(counts) == 1 and counts.pop() >= 2:
+        counts = [len(fields) for _, fields in _split_lines(iter(sample), sep)]
+        alike = sep == preferred or counts.count(counts[0]) >= 0.8 * len(counts)
+        if counts and counts[0] >= 2 and alike:
             return sep
     raise DataError(f"{path} line 1: cannot detect the separator (tried '::', tab, ',', ';', '|', spaces: "
-                    "none splits every line alike); pass --set csv.sep=<separator>")
+                    "none splits the lines alike); pass --set csv.sep=<separator>")
 
 
 def _split_lines(lines: Iterator[str], sep: str) -> Iterator[tuple[int, list[str]]]:
