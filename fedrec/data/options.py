@@ -155,7 +155,7 @@ def _separator(value: Any) -> str | None:
     if value.lower() == AUTO:
         return None
     sep = SEPARATORS.get(value.lower(), value)
-    if sep != " " and (sep.strip() != sep or '"' in sep or "\n" in sep):
+    if any(c in sep for c in '\r\n"') or (sep != " " and sep.strip(" ") != sep):
         raise ConfigError(f"csv.sep: {value!r} cannot separate fields; pass e.g. ',', 'tab', '::' or 'space'")
     return sep
 
