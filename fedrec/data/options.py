@@ -131,7 +131,8 @@ def data_options(flat: Mapping[str, Any]) -> tuple[CsvOptions, SplitSpec]:
         weight_alpha=_alpha(get["csv.weight-alpha"]),
     )
     split = SplitSpec(kind=_split_kind(get["split"]), seed=_seed(get["split.seed"]),
-                      fraction=_fraction(get["split.fraction"]), test_file=_text("split.test-file", get["split.test-file"]))
+                      fraction=_fraction(get["split.fraction"]),
+                      test_file=_text("split.test-file", get["split.test-file"]))
     if split.kind == "files" and flat.get("dataset", "csv") != "csv":
         raise ConfigError("split: 'files' reads your own train and test files; pass --set dataset=csv")
     if split.test_file and split.kind != "files":

@@ -221,6 +221,7 @@ def test_simulate_and_sweep_read_the_same_keys(plays: Path, tmp_path: Path) -> N
     from fedrec.simulations import cli as sim_cli
     from fedrec.simulations import sweep
     from fedrec.simulations.runner import validate
+
     from fedrec.errors import ConfigError
 
     conf = tmp_path / "mine.toml"
