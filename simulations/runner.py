@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partition_users
-from fedrec.data.registry import check_recency
+from fedrec.data.registry import check_recency, warn_unused_weights
 from fedrec.runconfig import RunConfig, load_run_dataset
 from fedrec.store.atomic import atomic_write_text
 
@@ -43,7 +43,9 @@ def population(cfg: RunConfig) -> int:
 
 def validate(cfg: RunConfig) -> int:
     """Everything that can fail before round 1 fails here (data present, cohort fits)."""
-    check_recency(load_run_dataset(cfg.data), recency_boost=cfg.model.recency_boost)
+    data = load_run_dataset(cfg.data)
+    check_recency(data, recency_boost=cfg.model.recency_boost)
+    warn_unused_weights(data)
     n = population(cfg)
     cfg.fed.cohort_size(n)
     return n

@@ -68,10 +68,7 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, trainer.lr_decay)
     users, items = torch.from_numpy(train.users), torch.from_numpy(train.items)
     ratings = torch.from_numpy(train.ratings)
-    weights = None
-    if model.kind == "implicit" and model.recency_boost > 0:
-        weights = torch.from_numpy(
-            recency_weights(train.users, train.items, train.timestamps, model).astype(np.float32))
+    weights = _positive_weights(train, model)
     start = time.perf_counter()
     for epoch in range(trainer.epochs):
         perm = torch.randperm(len(train), generator=gen)
@@ -90,6 +87,19 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
             progress(epoch + 1, trainer.epochs)
     log.debug("central training: %d epochs in %.2fs", trainer.epochs, time.perf_counter() - start)
     return _to_model(params, mu, model)
+
+
+def _positive_weights(train: Interactions, model: MFConfig) -> torch.Tensor | None:
+    """Per-row positive weights: the data's confidence weights (``csv.weight-col``) times recency.
+
+    ``None`` when every weight is 1, so unweighted data trains exactly as before.
+    """
+    if model.kind != "implicit":
+        return None
+    weights = np.asarray(train.weights, np.float32)
+    if model.recency_boost > 0:
+        weights = weights * recency_weights(train.users, train.items, train.timestamps, model).astype(np.float32)
+    return None if np.all(weights == 1.0) else torch.from_numpy(np.ascontiguousarray(weights))
 
 
 def _init_params(n_users: int, n_items: int, cfg: MFConfig, seed: int) -> dict[str, torch.nn.Parameter]:
