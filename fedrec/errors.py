@@ -28,6 +28,14 @@ class CheckpointError(FedRecError):
     """A checkpoint or store file cannot be written or read back intact."""
 
 
+class SignatureError(FedRecError):
+    """A signed artifact (a model export) does not verify: wrong key, tampered bytes, bad format."""
+
+
+class RollbackError(SignatureError):
+    """A validly signed model is older than the one the device already holds."""
+
+
 class PrivacyError(FedRecError):
     """A differential-privacy parameter or accounting step is invalid."""
 
