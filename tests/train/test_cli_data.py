@@ -228,7 +228,7 @@ def test_simulate_and_sweep_read_the_same_keys(plays: Path, tmp_path: Path) -> N
     conf.write_text(f'dataset = "csv"\n"data-dir" = "{plays}"\nprotocol = "R1"\n[split]\nseed = 3\n')
     parser = argparse.ArgumentParser()
     sim_cli.add_arguments(parser)
-    cfg = sim_cli.resolve_config(parser.parse_args(["--config", str(conf), "--set", "split=random-one",
+    cfg = sim_cli.resolve_config(parser.parse_args(["--config", str(conf), "--split", "random-one",
                                                     "--set", "csv.weight-col=2"]))
     assert cfg.data.split.kind == "random-one" and cfg.data.split.seed == 3 and cfg.data.csv.weight_col == 2
     with pytest.raises(ConfigError, match="model.recency-boost"):
