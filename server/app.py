@@ -14,7 +14,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.data.registry import check_recency
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.runconfig import RunConfig
 
 from .loop import Catalogue, RoundCallback, RunResult, run_server
 

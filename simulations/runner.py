@@ -15,7 +15,8 @@ from typing import Any
 
 from fedrec.data.partition import partition_users
 from fedrec.data.registry import check_recency, warn_unused_weights
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 
 from .report import write_plot, write_report

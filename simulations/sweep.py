@@ -15,7 +15,7 @@ Rating-level DP trains the explicit rating model only, so its R1 row says so
 instead of a number. User-level runs use ``delta = 1/N`` for ``N`` users,
 rating-level runs ``delta = 1e-5`` per device.
 
-``--engine reference`` (the default) runs :func:`fedrec.train.federated.run_reference`
+``--engine reference`` (the default) runs :func:`fedrec.federated.reference.run_reference`
 in this process: the same device and server-policy code as the Flower apps,
 without the per-message cost. ``--engine flower`` runs every point on Flower's
 Simulation Engine (slow: minutes per point). ``--quick`` is a small synthetic
@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.registry import check_recency
+from fedrec.data.spec import load_run_dataset
 from fedrec.errors import FedRecError
-from fedrec.runconfig import RunConfig, Scalar, load_run_dataset, load_toml, parse_overrides
+from fedrec.runconfig import RunConfig, Scalar, load_toml, parse_overrides
 from fedrec.store.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("fedrec.sweep")
@@ -122,12 +123,11 @@ def point_config(point: Point, base: dict[str, Scalar], *, quick: bool, populati
 
 def reference_runner(cfg: RunConfig) -> list[dict[str, Any]]:
     """Train with the in-process reference loop."""
-    from fedrec.privacy.plan import privacy_plan
-    from fedrec.train.federated import run_reference
+    from fedrec.federated.reference import run_reference
 
     data = load_run_dataset(cfg.data)
     check_recency(data, recency_boost=cfg.model.recency_boost)
-    _, history = run_reference(data, cfg.model, cfg.fed, privacy=privacy_plan(cfg))
+    _, history = run_reference(data, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
     return history
 
 

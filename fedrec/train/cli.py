@@ -23,8 +23,7 @@ from fedrec.data.registry import DATA_DIR_ENV, DATASET_NAMES, check_recency, loa
 from fedrec.errors import FedRecError
 from fedrec.metrics.evaluate import baseline_metrics, evaluate
 from fedrec.runconfig import RunConfig, load_toml, parse_overrides
-from fedrec.train.central import train_central
-from fedrec.train.presets import CENTRAL_PRESETS
+from fedrec.train.central import CENTRAL_PRESETS, train_central
 
 SHORTCUTS: dict[str, str] = {
     "dataset": "dataset", "data_dir": "data-dir", "protocol": "protocol", "dim": "model.dim", "reg": "model.reg",

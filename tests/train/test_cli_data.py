@@ -16,9 +16,10 @@ import pytest
 from fedrec.cli import main
 from fedrec.data.interactions import Interactions
 from fedrec.data.options import CsvOptions
+from fedrec.data.spec import _DATASET_CACHE, load_run_dataset
 from fedrec.data.splits import leave_last_out
 from fedrec.data.userfile import read_user_file
-from fedrec.runconfig import _DATASET_CACHE, RunConfig, load_run_dataset
+from fedrec.runconfig import RunConfig
 from fedrec.train import cli as train_cli
 from simulations.make_playcounts import playcount_log
 
