@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.options import DATA_DEFAULTS, data_options
 from fedrec.data.spec import DataSpec
 from fedrec.data.synthetic import SyntheticConfig
 from fedrec.errors import ConfigError
@@ -167,6 +168,7 @@ KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
 
 #: key -> default, derived from the config dataclasses.
 DEFAULTS: dict[str, Scalar] = {key: _field(cls, name) for key, (cls, name) in KEY_FIELDS.items()}
+DEFAULTS.update(DATA_DEFAULTS)  # csv.* and split*: their one home is fedrec/data/options.py
 
 
 def min_survivors(cfg: RunConfig, population: int) -> int | None:
@@ -389,8 +391,9 @@ def _data(flat: Mapping[str, Scalar]) -> DataSpec:
         syn = SyntheticConfig(**synthetic)
     except TypeError as exc:
         raise ConfigError(f"synthetic.*: {exc}") from exc
+    csv_options, split = data_options(flat)
     return DataSpec(dataset, _get(flat, "data-dir", str), _get(flat, "protocol", str), _int(flat, "fold", low=1),
-                    _int(flat, "users-per-client", low=1), syn)
+                    _int(flat, "users-per-client", low=1), syn, csv_options, split)
 
 
 def _model(flat: Mapping[str, Scalar]) -> MFConfig:

@@ -13,6 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedrec.data.registry import check_recency
 from fedrec.data.spec import shared_run_dataset
 from fedrec.errors import FedRecError
 from fedrec.runconfig import RunConfig
@@ -57,4 +58,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(dict(context.run_config))
+    check_recency(shared_run_dataset(cfg.data), recency_boost=cfg.model.recency_boost)
     run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=Path(cfg.run_dir))

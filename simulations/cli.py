@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=("E1", "R1"), help="shortcut for --set protocol=...")
     parser.add_argument("--fold", type=int, help="shortcut for --set fold=...")
     parser.add_argument("--rounds", type=int, help="shortcut for --set rounds=...")
+    parser.add_argument("--split", help="shortcut for --set split=... (protocol, random-one, random-fraction, "
+                                        "leave-last, files; README 'Your own data')")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/<time>-<dataset>-<protocol>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
@@ -59,7 +61,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     config = args.config or (QUICKSTART if quick else None)
     flat: dict[str, Any] = load_toml(config) if config else {}
     shortcuts = {"dataset": args.dataset, "data-dir": args.data_dir, "protocol": args.protocol,
-                 "fold": args.fold, "rounds": args.rounds}
+                 "fold": args.fold, "rounds": args.rounds, "split": args.split}
     flat.update({k: v for k, v in shortcuts.items() if v is not None})
     flat.update(parse_overrides(args.overrides))
     env_dir = os.environ.get("FEDREC_DATA_DIR")

@@ -42,9 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.registry import check_recency
 from fedrec.data.spec import load_run_dataset
 from fedrec.errors import FedRecError
-from fedrec.runconfig import RunConfig, Scalar, parse_overrides
+from fedrec.runconfig import RunConfig, Scalar, load_toml, parse_overrides
 from fedrec.store.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("fedrec.sweep")
@@ -125,6 +126,7 @@ def reference_runner(cfg: RunConfig) -> list[dict[str, Any]]:
     from fedrec.federated.reference import run_reference
 
     data = load_run_dataset(cfg.data)
+    check_recency(data, recency_boost=cfg.model.recency_boost)
     _, history = run_reference(data, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
     return history
 
@@ -304,6 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocols", default="E1,R1", help="comma-separated protocols (default E1,R1)")
     parser.add_argument("--units", default="rating,user", help="comma-separated DP units (default rating,user)")
     parser.add_argument("--epsilons", default="1,2,4,8,16,inf", help="comma-separated targets (default 1..16,inf)")
+    parser.add_argument("--config", type=Path, help="TOML file of run-config keys shared by every run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[UNIT:]KEY=VALUE",
                         help="run-config override for every run, or with a unit prefix (rating:, user:, off:) "
                              "for that unit's runs only (repeatable)")
@@ -315,11 +318,11 @@ def base_config(args: argparse.Namespace) -> tuple[dict[str, Scalar], dict[str, 
     """Dataset and ``--set`` overrides shared by every point, and the per-unit ones."""
     import os
 
-    base: dict[str, Scalar] = {}
+    base: dict[str, Scalar] = load_toml(args.config) if args.config else {}
     if args.dataset:
         base["dataset"] = args.dataset
     data_dir = args.data_dir or os.environ.get("FEDREC_DATA_DIR")
-    if data_dir and base.get("dataset", "synthetic") != "synthetic":
+    if data_dir and base.get("dataset", "synthetic") != "synthetic" and not base.get("data-dir"):
         base["data-dir"] = data_dir
     per_unit: dict[str, dict[str, Scalar]] = {}
     for key, value in parse_overrides(args.overrides).items():

@@ -84,6 +84,10 @@ class Interactions:
         shares the train split's index space).
     user_ids, item_ids:
         Maps back to external ids.
+    weights:
+        ``float32`` confidence weight of each row (implicit feedback), all ones
+        unless the source had counts (``csv.weight-col``: ``1 + alpha * log(1 + c)``).
+        Trainers multiply a positive's loss by it; splits and subsets carry it.
     """
 
     users: np.ndarray
@@ -94,10 +98,13 @@ class Interactions:
     n_items: int
     user_ids: IdMap
     item_ids: IdMap
+    weights: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
 
     def __post_init__(self) -> None:
         n = len(self.users)
-        for name in ("items", "ratings", "timestamps"):
+        if len(self.weights) == 0 and n:
+            object.__setattr__(self, "weights", np.ones(n, np.float32))
+        for name in ("items", "ratings", "timestamps", "weights"):
             if len(getattr(self, name)) != n:
                 got = len(getattr(self, name))
                 raise DataError(f"Interactions: column {name!r} has {got} rows, users has {n}")
@@ -120,8 +127,9 @@ class Interactions:
         n_items: int | None = None,
         user_ids: IdMap | None = None,
         item_ids: IdMap | None = None,
+        weights: np.ndarray | None = None,
     ) -> Interactions:
-        """Build from arrays, filling implicit ratings, missing timestamps and maps."""
+        """Build from arrays, filling implicit ratings, missing timestamps, unit weights and maps."""
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
         n = len(users)
@@ -140,6 +148,7 @@ class Interactions:
             n_items=n_items,
             user_ids=user_ids or IdMap.range(n_users),
             item_ids=item_ids or IdMap.range(n_items),
+            weights=np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32),
         )
 
     def __len__(self) -> int:
@@ -156,6 +165,7 @@ class Interactions:
             n_items=self.n_items,
             user_ids=self.user_ids,
             item_ids=self.item_ids,
+            weights=self.weights[mask_or_index],
         )
 
     def for_user(self, user: int) -> Interactions:
@@ -179,7 +189,16 @@ class Interactions:
             self.n_items,
             self.user_ids,
             self.item_ids,
+            self.weights,
         )
+
+    def with_weights(self, weights: np.ndarray) -> Interactions:
+        """Same rows with other confidence weights (one finite value >= 0 per row)."""
+        weights = np.asarray(weights, np.float32)
+        if len(weights) != len(self) or not (np.isfinite(weights).all() and (weights >= 0).all()):
+            raise DataError(f"Interactions: weights must be {len(self)} finite values >= 0")
+        return Interactions(self.users, self.items, self.ratings, self.timestamps, self.n_users,
+                            self.n_items, self.user_ids, self.item_ids, weights)
 
     def save(self, directory: Path) -> None:
         """Write ``interactions.npz`` and ``id_maps.json`` (atomic, via temp files)."""
@@ -195,6 +214,7 @@ class Interactions:
             items=self.items,
             ratings=self.ratings,
             timestamps=self.timestamps,
+            weights=self.weights,
         )
         atomic_write_bytes(directory / "interactions.npz", buf.getvalue())
         maps = {"user_ids": list(self.user_ids.ids), "item_ids": list(self.item_ids.ids)}
@@ -218,6 +238,7 @@ class Interactions:
             len(item_ids),
             user_ids,
             item_ids,
+            arrays["weights"] if "weights" in arrays.files else np.ones(0, np.float32),
         )
 
 

@@ -9,7 +9,7 @@ client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
@@ -34,16 +34,21 @@ class LocalInteractions:
         ``float32`` ratings (``1.0`` for implicit feedback).
     timestamps:
         ``int64`` seconds.
+    weights:
+        ``float32`` confidence weights (:attr:`Interactions.weights`; all ones by default).
     """
 
     users: np.ndarray
     items: np.ndarray
     ratings: np.ndarray
     timestamps: np.ndarray
+    weights: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
 
     def __post_init__(self) -> None:
         n = len(self.users)
-        for name in ("items", "ratings", "timestamps"):
+        if len(self.weights) == 0 and n:
+            object.__setattr__(self, "weights", np.ones(n, np.float32))
+        for name in ("items", "ratings", "timestamps", "weights"):
             if len(getattr(self, name)) != n:
                 raise DataError(
                     f"LocalInteractions: column {name!r} has {len(getattr(self, name))} rows, "
@@ -124,7 +129,8 @@ class PartitionSource:
     def _local(self, inter: Interactions, rows: np.ndarray) -> LocalInteractions:
         local = np.searchsorted(self.users, inter.users[rows], sorter=self._sorter)
         return LocalInteractions(
-            self._sorter[local], inter.items[rows], inter.ratings[rows], inter.timestamps[rows]
+            self._sorter[local], inter.items[rows], inter.ratings[rows], inter.timestamps[rows],
+            inter.weights[rows],
         )
 
     def __repr__(self) -> str:

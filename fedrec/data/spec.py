@@ -1,7 +1,7 @@
 """Which data a run uses, and the process-wide copy of it that simulated devices share.
 
 A run names its data with a :class:`DataSpec` (``dataset``, ``data-dir``,
-``protocol``, ``fold``, ``users-per-client``, ``synthetic.*``);
+``protocol``, ``fold``, ``users-per-client``, ``synthetic.*``, ``csv.*``, ``split*``);
 :func:`load_run_dataset` loads it once per process. Only the simulation's
 source provider and the server's catalogue facts read it: a device sees its
 rows through its :class:`~fedrec.data.partition.InteractionSource` only.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedrec.data.interactions import Dataset
+from fedrec.data.options import CsvOptions, SplitSpec
 from fedrec.data.synthetic import SyntheticConfig
 
 if TYPE_CHECKING:
@@ -31,6 +32,10 @@ class DataSpec:
     fold: int = 1
     users_per_client: int = 1
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    csv: CsvOptions = CsvOptions()
+    """How ``dataset = "csv"`` is read (``csv.*`` keys)."""
+    split: SplitSpec = SplitSpec()
+    """How train and test are made (``split`` and ``split.*`` keys)."""
 
 
 _DATASET_CACHE: dict[tuple[Any, ...], Dataset] = {}
@@ -44,12 +49,13 @@ def load_run_dataset(spec: DataSpec) -> Dataset:
     """
     from fedrec.data.registry import load_dataset
 
-    key = (spec.dataset, spec.data_dir, spec.protocol, spec.fold, spec.synthetic)
+    key = (spec.dataset, spec.data_dir, spec.protocol, spec.fold, spec.synthetic, spec.csv, spec.split)
     if key not in _DATASET_CACHE:
         _DATASET_CACHE.clear()
         _DATASET_CACHE[key] = load_dataset(spec.dataset, data_dir=spec.data_dir or None,
                                            protocol=spec.protocol,  # type: ignore[arg-type]  # validated in runconfig
-                                           fold=spec.fold, synthetic=spec.synthetic)
+                                           fold=spec.fold, synthetic=spec.synthetic, csv=spec.csv,
+                                           split=spec.split)
     return _DATASET_CACHE[key]
 
 
@@ -70,7 +76,8 @@ def shared_run_dataset(spec: DataSpec) -> MappedDataset:
     from fedrec.data.registry import DATA_DIR_ENV, load_dataset
 
     data_dir = spec.data_dir or os.environ.get(DATA_DIR_ENV, "")
-    key: dict[str, Any] = {"dataset": spec.dataset, "protocol": spec.protocol, "fold": spec.fold}
+    key: dict[str, Any] = {"dataset": spec.dataset, "protocol": spec.protocol, "fold": spec.fold,
+                           "csv": asdict(spec.csv), "split": asdict(spec.split)}
     if spec.dataset == "synthetic":
         key["synthetic"] = asdict(spec.synthetic)
     else:
@@ -78,5 +85,5 @@ def shared_run_dataset(spec: DataSpec) -> MappedDataset:
     _MAPPED_CACHE.clear()
     _MAPPED_CACHE[spec] = mapped_dataset(key, lambda: load_dataset(
         spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
-        fold=spec.fold, synthetic=spec.synthetic))
+        fold=spec.fold, synthetic=spec.synthetic, csv=spec.csv, split=spec.split))
     return _MAPPED_CACHE[spec]

@@ -64,10 +64,16 @@ def temporal_holdout(
     return _holdout(inter, keys, _n_test_rule(fraction, n_test))
 
 
-def random_holdout(inter: Interactions, *, fraction: float = 0.2, seed: int = 0) -> Split:
-    """Per user, a random ``ceil(fraction * n_u)`` of the interactions go to test."""
+def random_holdout(
+    inter: Interactions, *, fraction: float | None = 0.2, seed: int = 0, n_test: int | None = None
+) -> Split:
+    """Per user, a random ``ceil(fraction * n_u)`` (or ``n_test``) of the interactions go to test.
+
+    Give ``n_test=1`` (and no fraction) for a one-per-user random hold-out: the
+    ranking protocol for logs without timestamps. Seeded, so reproducible.
+    """
     keys = (_rng(seed).random(len(inter)),)
-    return _holdout(inter, keys, _n_test_rule(fraction, None))
+    return _holdout(inter, keys, _n_test_rule(None if n_test is not None else fraction, n_test))
 
 
 def validation_split(

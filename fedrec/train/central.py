@@ -83,6 +83,8 @@ def train_central(train: Interactions, model: MFConfig, trainer: CentralConfig |
     each interaction's term: its confidence for ``"wrmf"``, its loss otherwise.
     """
     trainer = trainer or CentralConfig()
+    if weights is None and len(train) and not np.all(train.weights == 1.0):
+        weights = np.asarray(train.weights, np.float32)  # confidence weights read with csv.weight-col
     if trainer.solver == "als" or model.loss == "wrmf" and model.kind == "implicit":
         return train_als(train, model, ALSConfig(iterations=trainer.epochs, cg_steps=trainer.cg_steps,
                                                  seed=trainer.seed), weights=weights, progress=progress)
@@ -130,6 +132,7 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
             progress(epoch + 1, trainer.epochs)
     log.debug("central training: %d epochs in %.2fs", trainer.epochs, time.perf_counter() - start)
     return _to_model(params, mu, model)
+
 
 
 def _init_params(n_users: int, n_items: int, cfg: MFConfig, seed: int) -> dict[str, torch.nn.Parameter]:

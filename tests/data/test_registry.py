@@ -78,7 +78,7 @@ def test_csv_dataset(tmp_path: Path, write_file: Writer) -> None:
         "csv", data_dir=path, protocol="R1", user_col="u", item_col="i", timestamp_col="t"
     )
     assert r1.test.item_ids.ids[r1.test.items[0]] == "7"
-    with pytest.raises(ConfigError, match="pass rating_col"):
+    with pytest.raises(ConfigError, match="pass --set csv.rating-col"):
         load_dataset("csv", path=path, user_col="u", item_col="i")
     with pytest.raises(ConfigError, match="dataset 'csv' needs a file"):
         load_dataset("csv")

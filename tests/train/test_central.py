@@ -52,3 +52,20 @@ def test_cli_json_prints_one_object(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_reports_bad_input_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert train_central_main(["--dataset", "ml-100k", "--data-dir", "/nonexistent"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_confidence_weights_tilt_the_implicit_model_towards_heavy_items() -> None:
+    from fedrec.data.interactions import Interactions
+
+    n_users = 40
+    users = np.repeat(np.arange(n_users), 2)
+    items = np.tile([0, 1], n_users)  # every user has both items, once each
+    inter = Interactions.build(users, items, n_users=n_users, n_items=30)
+    heavy = np.where(items == 0, 1 + 3 * np.log1p(50.0), 1.0)  # item 0 played 50 times, item 1 once
+    cfg, trainer = MFConfig(kind="implicit", dim=4, reg=0.01, negatives=4), CentralConfig(epochs=15, lr=0.01)
+    gaps = []
+    for weights in (heavy, heavy[::-1]):
+        model = train_central(inter.with_weights(weights), cfg, trainer)
+        scores = model.score_block(np.arange(n_users))
+        gaps.append(float(np.mean(scores[:, 0] - scores[:, 1])))
+    assert gaps[0] > 1 and gaps[1] < -1  # measured 2.75 and -2.32
