@@ -1,4 +1,4 @@
-"""`fedrec simulate` with no arguments starts from the quick-start file; any --config, --dataset or --set replaces it."""
+"""`fedrec simulate` with no arguments starts from the quick-start file; --config, --dataset or --set replace it."""
 
 from __future__ import annotations
 
