@@ -50,3 +50,15 @@ class SecAggError(FedRecError):
 
 class SecAggAbort(SecAggError):
     """A secure-aggregation round cannot complete (too few survivors)."""
+
+
+class StoreError(CheckpointError):
+    """The on-device store cannot be opened or read back intact (names the file)."""
+
+
+class StoreKeyError(StoreError):
+    """The key or passphrase does not open this store (its key-check record does not decrypt)."""
+
+
+class StoreCorruptError(StoreError):
+    """The store file is truncated, tampered with or not a fedrec store; it is never silently reset."""
