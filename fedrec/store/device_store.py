@@ -46,6 +46,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -291,7 +292,7 @@ class DeviceStore:
         return None if row is None else self._open_record("records", name, row[0], row[1])
 
     # ---------------------------------------------------------------- internals
-    def _seal(self, table: str, rowkey: str, plain: bytes, rowid: int | None = None) -> tuple:
+    def _seal(self, table: str, rowkey: str, plain: bytes, rowid: int | None = None) -> tuple[Any, ...]:
         nonce = secrets.token_bytes(_NONCE)
         ct = self._aead.encrypt(nonce, plain, self._ad(table, rowkey))
         return (nonce, ct) if rowid is None else (rowid, nonce, ct)
@@ -367,7 +368,7 @@ def _empty_rows() -> InteractionRows:
     return _columns([], [])
 
 
-def _columns(ids: list[int], decoded: list[tuple]) -> InteractionRows:
+def _columns(ids: list[int], decoded: list[tuple[Any, ...]]) -> InteractionRows:
     arr = np.array(decoded, dtype=np.float64).reshape(len(decoded), 4)
     return InteractionRows(np.asarray(ids, np.int64), arr[:, 0].astype(np.int64), arr[:, 1].astype(np.float32),
                            arr[:, 2].astype(bool), arr[:, 3].astype(np.int64))
