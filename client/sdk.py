@@ -81,7 +81,6 @@ class Device:
         self._topk: TopK | None = None
         self._round: int | None = None
         self._factor: LocalParams | None = None
-        self._seen_version = -1
         self._seen = np.empty(0, np.int64)
         self._restore_model()
 
@@ -118,6 +117,11 @@ class Device:
     def model_round(self) -> int | None:
         """The round of the model held (None before the first model)."""
         return self._round
+
+    @property
+    def topk(self) -> TopK | None:
+        """The scorer of the model held (with its ANN index on large catalogues)."""
+        return self._topk
 
     @property
     def model(self) -> GlobalParams | None:
@@ -220,25 +224,26 @@ class Device:
     # -------------------------------------------------------- recommendations
     @property
     def factor(self) -> LocalParams | None:
-        """The user's current factor (None before a model is loaded)."""
-        if self._topk is not None and self._stale():
-            self._refold(persist=False)
+        """The user's current factor (None before a model is loaded).
+
+        Kept current by this object's own writes; the interactions are written
+        only by the app (the ClientApp of :meth:`join` reads them), so the
+        cached factor and seen set never miss one.
+        """
         return self._factor
 
     def recommend(self, k: int = 10, *, allow: Sequence[int] | np.ndarray | None = None,
                   deny: Sequence[int] | np.ndarray | None = None, include_seen: bool = False) -> Recommended:
         """The ``k`` best items for this user, seen items excluded unless ``include_seen``."""
         rec = self.recommend_arrays(k, allow=allow, deny=deny, include_seen=include_seen)
-        return Recommended(tuple(int(i) for i in rec.items), tuple(float(s) for s in rec.scores))
+        return Recommended(tuple(rec.items.tolist()), tuple(rec.scores.tolist()))
 
     def recommend_arrays(self, k: int = 10, *, allow: Sequence[int] | np.ndarray | None = None,
                          deny: Sequence[int] | np.ndarray | None = None, include_seen: bool = False) -> Recommendation:
         """:meth:`recommend` as numpy arrays (no per-item Python objects)."""
-        if self._topk is None:
+        if self._topk is None or self._factor is None:
             raise ModelError("recommend: no model loaded yet (Device.load_model)")
-        factor = self.factor
-        assert factor is not None
-        return self._topk.recommend(factor, k, exclude=None if include_seen else self._seen,
+        return self._topk.recommend(self._factor, k, exclude=None if include_seen else self._seen,
                                     allow=None if allow is None else np.asarray(allow, np.int64),
                                     deny=None if deny is None else np.asarray(deny, np.int64))
 
@@ -308,17 +313,12 @@ class Device:
             values = np.concatenate([values, np.array([r.value for r in extra], np.float32)])
             implicit = np.concatenate([implicit, np.array([r.implicit for r in extra], bool)])
         self._seen = np.unique(items)
-        self._seen_version = id(rows)
         return user_factor(self._topk.glob, items, values, implicit, config=self._foldin)
-
-    def _stale(self) -> bool:
-        return id(self.store.interactions()) != self._seen_version or self._factor is None
 
     def _refold(self, *, persist: bool) -> None:
         if self._topk is None:
             return
         self._factor = self._fold()
-        self._seen_version = id(self.store.interactions())
         if persist:
             self.store.update_state(_local_state(self._factor))
 

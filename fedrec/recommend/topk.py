@@ -39,9 +39,9 @@ def exact_topk(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(k, len(scores))
     if k <= 0:
         return np.empty(0, np.int64)
-    top = np.argpartition(scores, len(scores) - k)[len(scores) - k:]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return top[np.isfinite(scores[top])]
+    top = scores.argpartition(len(scores) - k)[len(scores) - k:]
+    top = top[(-scores[top]).argsort(kind="stable")]
+    return top if scores[top[-1]] > _NO else top[scores[top] > _NO]
 
 
 class TopK:
@@ -71,12 +71,13 @@ class TopK:
         offset = self.glob.global_mean + user.user_bias
         if allow is not None:
             return self._allowed(p, offset, k, np.asarray(allow, np.int64), exclude, deny)
-        skip = _union(exclude, deny)
-        if self.index is not None and len(skip) < 4 * self.n_items // 5:
-            return self._approximate(p, offset, k, skip)
+        skip = exclude if deny is None else _union(exclude, deny)
+        if self.index is not None and (skip is None or len(skip) < self.n_items // 2):
+            return self._approximate(p, offset, k, _union(skip, None))
         scores = self._q @ p
         scores += self._b
-        scores[skip] = _NO
+        if skip is not None:
+            scores[skip] = _NO
         top = exact_topk(scores, k)
         return Recommendation(top, scores[top] + np.float32(offset))
 
