@@ -42,8 +42,8 @@ def available_backend(preferred: str = "auto") -> str | None:
     return None
 
 
-def build_index(rows: np.ndarray, *, backend: str = "auto", m: int = 16, ef_construction: int = 100,
-                ef_search: int = 64) -> AnnIndex | None:
+def build_index(rows: np.ndarray, *, backend: str = "auto", m: int = 16, ef_construction: int = 80,
+                ef_search: int = 128) -> AnnIndex | None:
     """An index over ``rows`` (n x (d+1) float32), or None (logged) when no backend is installed."""
     name = available_backend(backend)
     if name is None:
@@ -64,7 +64,7 @@ class _Hnswlib:
         self._index = hnswlib.Index(space="ip", dim=rows.shape[1])
         self._index.init_index(max_elements=len(rows), M=m, ef_construction=ef_construction, random_seed=0)
         self._index.set_num_threads(1)
-        self._index.add_items(rows, np.arange(len(rows)), num_threads=1)
+        self._index.add_items(rows, np.arange(len(rows)), num_threads=-1)  # build on every core; query on one
         self._ef = ef_search
 
     def candidates(self, query: np.ndarray, n: int) -> np.ndarray:

@@ -48,7 +48,7 @@ class TopK:
     """Top-K over one model's item table; builds the ANN index if the catalogue is large."""
 
     def __init__(self, glob: GlobalParams, *, ann_threshold: int = ANN_THRESHOLD, ann_backend: str = "auto",
-                 ef_search: int = 64) -> None:
+                 ef_search: int = 128) -> None:
         self.glob = glob
         self._q = np.ascontiguousarray(glob.item_factors, np.float32)
         self._b = np.ascontiguousarray(glob.item_bias, np.float32)
