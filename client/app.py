@@ -28,6 +28,8 @@ from fedrec.privacy.plan import privacy_plan
 from fedrec.runconfig import RunConfig, load_run_dataset
 from fedrec.train.device import DeviceRound, device_evaluate, device_train
 
+from .node import node_store, store_source
+
 log = logging.getLogger(__name__)
 
 SourceProvider = Callable[[Context, RunConfig], InteractionSource]
@@ -48,7 +50,14 @@ def simulation_source(context: Context, cfg: RunConfig) -> InteractionSource:
     return parts[pid]
 
 
-def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mod] | None = None) -> ClientApp:
+def device_source(context: Context, cfg: RunConfig) -> InteractionSource:
+    """The on-device store when the node config names one (``Device.join``), else the simulation partition."""
+    if wire.NODE_STORE in context.node_config:
+        return store_source(context, cfg)
+    return simulation_source(context, cfg)
+
+
+def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods."""
     app = ClientApp(mods=mods)
 
@@ -130,12 +139,19 @@ def parse_downlink(msg: Message) -> tuple[RunConfig, GlobalParams, int]:
 
 
 def load_state(context: Context) -> dict[str, np.ndarray]:
-    """The device's private arrays (user factors, accountant, SecAgg state) from ``Context.state``."""
+    """The device's private arrays (user factors, accountant, SecAgg state): the store's, or ``Context.state``."""
+    store = node_store(context)
+    if store is not None:
+        return store.load()
     record = context.state.array_records.get(wire.STATE_LOCAL)
     return {k: v.numpy() for k, v in record.items()} if record is not None else {}
 
 
 def save_state(context: Context, state: dict[str, np.ndarray]) -> None:
+    store = node_store(context)
+    if store is not None:
+        store.save(state)
+        return
     context.state[wire.STATE_LOCAL] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
 
 

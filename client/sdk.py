@@ -42,7 +42,7 @@ from fedrec.recommend.topk import ANN_THRESHOLD, Recommendation, TopK
 from fedrec.store.artifact import ModelArtifact, load_public_key, verify_model
 from fedrec.store.device_store import DeviceStore, Interaction
 from fedrec.train.device import save_local
-from fedrec.wire import STATE_PRIVACY
+from fedrec.wire import NODE_KEY_FILE, NODE_STORE, STATE_PRIVACY
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,8 @@ class Device:
             cmd += ["--auth-supernode-private-key", str(auth_key)]
         if runtime_port is not None:
             cmd += ["--port", str(runtime_port)]
-        cmd += ["--node-config", f'store="{Path(self.store.path).resolve()}" key-file="{Path(key_file).resolve()}"']
+        cmd += ["--node-config",
+                f'{NODE_STORE}="{Path(self.store.path).resolve()}" {NODE_KEY_FILE}="{Path(key_file).resolve()}"']
         return cmd
 
     def join(self, *, superlink: str, key_file: str | Path, root_certificates: str | Path | None = None,

@@ -55,6 +55,10 @@ STATE_PRIVACY = "fedrec.privacy"
 STATE_SECAGG = "fedrec.secagg"
 STATE_STREAM = "fedrec.stream"  # the device's training-randomness stream offset
 
+# SuperNode node config of a deployed device (client SDK: Device.join)
+NODE_STORE = "store"  # path of the device's encrypted store
+NODE_KEY_FILE = "key-file"  # file holding the store key (hex), readable by the app user only
+
 # Array names.
 ARRAY_ITEM_FACTORS = "item_factors"
 ARRAY_ITEM_BIAS = "item_bias"

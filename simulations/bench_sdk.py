@@ -35,8 +35,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-
 from fedrec.client import Device  # noqa: E402
+
 from fedrec.model.params import GlobalParams, LocalParams  # noqa: E402
 from fedrec.recommend.topk import ANN_THRESHOLD, TopK, exact_topk  # noqa: E402
 from fedrec.store.artifact import sign_model  # noqa: E402

@@ -104,7 +104,8 @@ def run(data_dir: str, *, seed: int, epochs: int | None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for n in GIVEN:
         given = [items[:n] for items, _ in histories]
-        users = [user_factor(glob, items[:n], ratings[:n], np.zeros(n, bool), config=cfg) for items, ratings in histories]
+        users = [user_factor(glob, items[:n], ratings[:n], np.zeros(n, bool), config=cfg)
+                 for items, ratings in histories]
         fold = evaluate(glob, users, given, tests)
         zero = evaluate(glob, [LocalParams.zeros(glob.dim)] * len(held), given, tests)
         rows.append({"given": n, "foldin_rmse": fold["rmse"], "foldin_hr10": fold["hr10"],

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from fedrec.client import Device, Interaction, write_key_file
+
 from fedrec.errors import ConfigError, ModelError, RollbackError, SignatureError
 from fedrec.model.params import GlobalParams
 from fedrec.store.artifact import sign_model
