@@ -41,15 +41,12 @@ from fedrec.recommend.stream import FoldInConfig, user_factor
 from fedrec.recommend.topk import ANN_THRESHOLD, Recommendation, TopK
 from fedrec.store.artifact import ModelArtifact, load_public_key, verify_model
 from fedrec.store.device_store import DeviceStore, Interaction
-from fedrec.train.device import save_local
 from fedrec.wire import NODE_KEY_FILE, NODE_STORE, STATE_PRIVACY
 
 log = logging.getLogger(__name__)
 
 RECORD_MODEL = "model"
 RECORD_ROUND = "model.round"
-#: The device's one user: its local index in the device state.
-USER = 0
 
 
 @dataclass(frozen=True)
@@ -171,15 +168,18 @@ class Device:
         self._topk = TopK(model.glob, ann_threshold=self._ann_threshold)
         self._round = model.round
         self._factor = None
-        self._refold(persist=False)
+        self._refold()
 
     # ----------------------------------------------------------- interactions
     def record(self, item: int, rating: float | None = None, *, event: bool = False, weight: float = 1.0,
                timestamp: int | None = None) -> None:
         """Record one interaction: an explicit ``rating``, or ``event=True`` for an implicit one.
 
-        Durable when it returns (one fsynced transaction holding the row and
-        the refreshed user factor); the next :meth:`recommend` reflects it.
+        Durable when it returns (one fsynced transaction); the user's factor is
+        re-folded before the write, so the next :meth:`recommend` reflects it.
+        The streaming factor is a function of the interactions and the model
+        (recomputed at open), so it is not written; the factor that training
+        keeps in the device state is the training path's own.
         """
         self.record_many([_interaction(item, rating, event, weight, timestamp)])
 
@@ -195,7 +195,7 @@ class Device:
             self.store.add(batch)
             return
         factor = self._fold(extra=batch)
-        self.store.add_and_update(batch, _local_state(factor))
+        self.store.add(batch)
         self._factor = factor
 
     def interactions(self) -> list[Interaction]:
@@ -208,7 +208,7 @@ class Device:
         """Remove every interaction with ``item`` from the store and the factor; returns how many."""
         removed = self.store.forget(item)
         if removed:
-            self._refold(persist=True)
+            self._refold()
         return removed
 
     def wipe(self) -> None:
@@ -219,7 +219,7 @@ class Device:
         """
         self.store.wipe()
         self._factor = None
-        self._refold(persist=False)
+        self._refold()
 
     # -------------------------------------------------------- recommendations
     @property
@@ -316,12 +316,9 @@ class Device:
         self._seen = np.unique(items)
         return user_factor(self._topk.glob, items, values, implicit, config=self._foldin)
 
-    def _refold(self, *, persist: bool) -> None:
-        if self._topk is None:
-            return
-        self._factor = self._fold()
-        if persist:
-            self.store.update_state(_local_state(self._factor))
+    def _refold(self) -> None:
+        if self._topk is not None:
+            self._factor = self._fold()
 
 
 def _interaction(item: int, rating: float | None, event: bool, weight: float, timestamp: int | None) -> Interaction:
@@ -329,12 +326,6 @@ def _interaction(item: int, rating: float | None, event: bool, weight: float, ti
         raise ConfigError(f"record: item {item}: give rating=VALUE or event=True, exactly one")
     ts = int(time.time()) if timestamp is None else int(timestamp)
     return Interaction(int(item), float(weight if event else rating), event, ts)  # type: ignore[arg-type]
-
-
-def _local_state(factor: LocalParams) -> dict[str, np.ndarray]:
-    state: dict[str, np.ndarray] = {}
-    save_local(state, USER, factor)
-    return state
 
 
 def write_key_file(path: str | Path, key: bytes) -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.runconfig import RunConfig
 
 from .loop import Catalogue, RoundCallback, RunResult, run_server
 

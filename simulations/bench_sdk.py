@@ -6,8 +6,8 @@ For each catalogue (d = 64, one thread), in one run: ``Device.recommend(k=10)``
 p50/p99 (seen items excluded), the bare exact numpy scan (``Q p + b`` and
 ``argpartition``) measured alongside as the floor, the HNSW index's latency,
 build time and recall@10 against exact, and record-plus-refresh (one
-``Device.record``: the encrypted row and the refreshed user factor fsynced in
-one transaction, then the fold-in) p50/p99.
+``Device.record``: the user's factor re-folded with the new row, then the
+encrypted row written and fsynced) p50/p99.
 
 The item table is synthetic with a decaying spectrum (singular values
 ``exp(-j/12)``), like a trained factor table; each user is folded in from 20

@@ -37,8 +37,8 @@ from fedrec.errors import ConfigError
 from fedrec.metrics.core import ranking_sums
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.recommend.stream import FoldInConfig, user_factor
-from fedrec.train.central import train_central
-from fedrec.train.presets import CENTRAL_PRESETS, MODEL_PRESETS
+from fedrec.runconfig import protocol_preset
+from fedrec.train.central import CENTRAL_PRESETS, train_central
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def popularity_hr(train: Interactions, given: list[np.ndarray], tests: list[tupl
 def run(data_dir: str, *, seed: int, epochs: int | None, prior_count: int) -> dict[str, Any]:
     data = load_ml100k(data_dir)
     held = split_users(data, seed=seed)
-    model = MODEL_PRESETS["E1"]
+    model = protocol_preset("E1").model
     trainer = CENTRAL_PRESETS["E1"]
     if epochs is not None:
         from dataclasses import replace

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partition_users
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 
 from .report import write_plot, write_report
