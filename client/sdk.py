@@ -10,7 +10,7 @@ Ten lines of an app::
     for item, score in dev.recommend(k=10, deny=[1, 2]):
         print(item, score)
     dev.forget(50)                            # one item, gone from the file
-    proc = dev.join(superlink="fl.example.org:9092", root_certificates="ca.pem")
+    proc = dev.join(superlink="fl.example.org:9092", key_file="user.key", root_certificates="ca.pem")
     dev.wipe()                                # right to erasure
 
 Everything works without a server: :meth:`Device.open` creates the store,
