@@ -17,6 +17,15 @@ the server treats as a dropout of every round it concerns. The state is
 written back whether the parts succeeded or not, so a refused message cannot
 roll the device back to an earlier stage.
 
+Each device takes part with its certified identity (:class:`IdentityProvider`):
+from the files named by the node config key ``secagg-identity`` (a folder
+holding ``identity.pem``, ``identity.cert`` and ``authority.pub``,
+:func:`fedrec.secagg.crypto.identity.load_identity`), else, in simulation,
+from the simulation's enrolment authority by ``partition-id``. The mask part
+binds the digest of the table and round configuration the device received
+into its pairwise masks (:func:`downlink_digest`), so a table sent to some
+devices only makes the sum useless.
+
 The mask part trains through ``client/device.py``'s ``train_device``, the
 plain path's own training call (privacy plan included).
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,17 +42,63 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedrec import wire
-from fedrec.secagg import SecAggMessageError, flatten_update, handle_secagg_parts
+from fedrec.errors import SecAggConfigError
+from fedrec.secagg import DeviceTrust, SecAggMessageError, flatten_update, handle_secagg_parts, model_digest
+from fedrec.secagg.crypto.identity import (
+    AUTHORITY_FILE,
+    CERTIFICATE_FILE,
+    IDENTITY_KEY_FILE,
+    SimulationAuthority,
+    load_identity,
+)
 
 from .device import SourceProvider, train_device
 from .records import load_state, save_state
 
+NODE_IDENTITY = "secagg-identity"
+"""Node config key: the folder of a deployed device's identity files."""
 
-def register_secagg(app: ClientApp, source: SourceProvider) -> None:
-    """Register the secure-aggregation handler (message type ``train.secagg``) on ``app``."""
+
+@dataclass(frozen=True)
+class IdentityProvider:
+    """A device's :class:`DeviceTrust`: from its identity files, else from the simulation's authority.
+
+    ``authority`` plays the enrolment authority in simulation (identity per
+    ``partition-id``); it lives with the ClientApp, never with the server.
+    """
+
+    authority: SimulationAuthority
+
+    def __call__(self, context: Context) -> DeviceTrust:
+        folder = context.node_config.get(NODE_IDENTITY)
+        if isinstance(folder, str) and folder:
+            return _file_trust(folder)
+        pid = context.node_config.get("partition-id")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise SecAggConfigError(f"no device identity: set node config {NODE_IDENTITY!r} to its folder")
+        return DeviceTrust(self.authority.identity(pid), self.authority.public_key)
+
+
+_FILE_TRUST: dict[str, DeviceTrust] = {}
+
+
+def _file_trust(folder: str) -> DeviceTrust:
+    if folder not in _FILE_TRUST:
+        base = Path(folder)
+        identity, anchor = load_identity(base / IDENTITY_KEY_FILE, base / CERTIFICATE_FILE, base / AUTHORITY_FILE)
+        _FILE_TRUST[folder] = DeviceTrust(identity, anchor)
+    return _FILE_TRUST[folder]
+
+
+def register_secagg(app: ClientApp, source: SourceProvider, identities: IdentityProvider | None = None) -> None:
+    """Register the secure-aggregation handler (message type ``train.secagg``) on ``app``.
+
+    ``identities`` defaults to a fresh simulation authority (deployed devices
+    name their identity folder in the node config instead).
+    """
     category, action = wire.MSG_SECAGG.split(".")
     assert category == "train"
-    app.train(action)(SecAggHandler(source))
+    app.train(action)(SecAggHandler(source, identities or IdentityProvider(SimulationAuthority.generate())))
 
 
 @dataclass(frozen=True)
@@ -55,14 +111,18 @@ class SecAggHandler:
     """
 
     source: SourceProvider
+    identities: IdentityProvider
 
     def __call__(self, msg: Message, context: Context) -> Message:
         parts = message_parts(msg)
         state = load_state(context)
         metrics: dict[str, Any] = {}
         segments = _trainer(msg, context, state, self.source, metrics) if wire.SECAGG_MASK in parts else None
+        digest = downlink_digest(dict(msg.content.items())) if wire.SECAGG_MASK in parts else None
         try:
-            answer = handle_secagg_parts(parts, state, node_id=context.node_id, segments=segments)
+            trust = self.identities(context)
+            answer = handle_secagg_parts(parts, state, node_id=context.node_id, trust=trust, segments=segments,
+                                         **({} if digest is None else {"model_digest": digest}))
         finally:
             save_state(context, state)
         content = RecordDict()
@@ -86,6 +146,15 @@ def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], sourc
         return flatten_update(out.update.segments())
 
     return segments
+
+
+def downlink_digest(records: Mapping[str, Any]) -> bytes:
+    """:func:`fedrec.secagg.model_digest` of the table and round configuration this device received."""
+    table = records.get(wire.RECORD_GLOBAL)
+    config = records.get(wire.RECORD_CONFIG)
+    arrays = {k: v.numpy() for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
+    values = dict(config.items()) if isinstance(config, ConfigRecord) else {}
+    return model_digest(arrays, values)
 
 
 def message_parts(msg: Message) -> dict[str, dict[str, Any]]:

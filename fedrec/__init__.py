@@ -16,7 +16,7 @@ from pathlib import Path as _Path
 # ``fedrec.server`` identically whether installed or not.
 _ROOT = _Path(__file__).resolve().parent.parent
 if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "server" / "__init__.py").is_file():
-    __path__.append(str(_ROOT))  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(str(_ROOT))  # noqa: F821
 
 from fedrec.errors import (  # noqa: E402
     BudgetExhaustedError,

@@ -52,6 +52,42 @@ class SecAggAbort(SecAggError):
     """A secure-aggregation round cannot complete (too few survivors)."""
 
 
+class SecAggConfigError(SecAggError):
+    """Round settings cannot work (threshold, graph degree, ring too small)."""
+
+
+class SecAggMessageError(SecAggError):
+    """A message is malformed: wrong type, length, dtype, id or value range."""
+
+
+class SecAggStateError(SecAggMessageError):
+    """Stored secure-aggregation state is missing, inconsistent or from another layout."""
+
+
+class SecAggIntegrityError(SecAggError):
+    """A ciphertext, signature, certificate or share failed verification (tampered,
+    replayed, misrouted, substituted or inconsistent)."""
+
+
+class SecAggProtocolError(SecAggError):
+    """A request an honest party refuses: out of order, inconsistent or repeated."""
+
+
+class SecAggSecurityError(SecAggConfigError):
+    """Round parameters below the security bound a device requires (degree, threshold,
+    population): the device refuses rather than run a round that would not protect it."""
+
+
+class SecAggInconsistentShareError(SecAggIntegrityError):
+    """Shares of one secret do not lie on one polynomial; ``holder`` names the node whose
+    share disagrees with the others (``None`` when no single holder explains it)."""
+
+    def __init__(self, message: str, *, owner: int, holder: int | None) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.holder = holder
+
+
 class StoreError(CheckpointError):
     """The on-device store cannot be opened or read back intact (names the file)."""
 

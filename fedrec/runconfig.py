@@ -10,6 +10,7 @@ with an error naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import logging
@@ -33,6 +34,7 @@ from fedrec.federated.plan import (
 )
 from fedrec.federated.server_state import FedConfig
 from fedrec.model.mf import MFConfig
+from fedrec.privacy.config import RUN_CONFIG_KEYS as DP_KEYS
 from fedrec.privacy.config import DPConfig
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.local import LocalConfig
@@ -40,55 +42,6 @@ from fedrec.train.local import LocalConfig
 log = logging.getLogger(__name__)
 
 Scalar = bool | int | float | str
-
-# key -> default. Protocol presets below override some of these.
-DEFAULTS: dict[str, Scalar] = {
-    "dataset": "synthetic",
-    "data-dir": "",
-    "protocol": "E1",
-    "fold": 1,
-    "users-per-client": 1,
-    "rounds": 30,
-    "cohort": 1.0,
-    "eval-every": 5,
-    "seed": 0,
-    "round-timeout": 600.0,
-    "run-dir": "runs/flwr",
-    "min-clients": 1,
-    "model.dim": 32,
-    "model.reg": 0.12,
-    "model.bias-reg": 0.12,
-    "model.init-std": 0.1,
-    "model.negatives": 4,
-    "model.loss": "logistic",
-    "model.neg-weight": 4.0,
-    "model.recency-boost": 0.0,
-    "model.recency-scale": 5.0,
-    "local.steps": 10,
-    "local.lr": 0.05,
-    "local.user-lr": 0.05,
-    "local.fold-in": True,
-    "strategy.averaging": "item",
-    "strategy.optimizer": "sgd",
-    "strategy.server-lr": 3.0,
-    "strategy.beta1": 0.9,
-    "strategy.beta2": 0.99,
-    "strategy.eps": 1e-3,
-    "dp.unit": "off",
-    "dp.delta": 1e-5,
-    "dp.clip": 1.0,
-    "dp.noise": "central",
-    "dp.cohort-rate": 1.0,
-    "dp.accountant": "rdp",
-    "dp.secure-mode": False,
-    "secagg.enabled": False,
-    "secagg.threshold": 0.5,
-    "secagg.neighbours": "auto",
-    "secagg.bits": 32,
-    "secagg.clip": 1.0,
-    "secagg.timeout": 600.0,
-    "secagg.pipeline": True,
-}
 
 # Keys that are valid but have no default (absent means "not set").
 OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors")
@@ -114,12 +67,12 @@ DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest", "m
 class SecAggSpec:
     """Secure-aggregation settings (``secagg.*``)."""
 
-    enabled: bool
-    threshold: float
-    neighbours: str
-    bits: int
-    clip: float
-    timeout: float
+    enabled: bool = False
+    threshold: float = 0.5
+    neighbours: str = "auto"
+    bits: int = 32
+    clip: float = 1.0
+    timeout: float = 600.0
     pipeline: bool = True
     """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
 
@@ -134,8 +87,12 @@ class RunConfig:
     fed: FedConfig
     dp: DPConfig
     secagg: SecAggSpec
-    round_timeout: float
-    min_clients: int
+    round_timeout: float = 600.0
+    """Seconds the server waits for a round's replies (a late reply is a dropout)."""
+    min_clients: int = 1
+    """Devices the server waits for before round 1."""
+    run_dir: str = "runs/flwr"
+    """Where ``flwr run`` writes checkpoints and metrics (``fedrec simulate`` takes ``--run-dir``)."""
 
     @classmethod
     def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
@@ -143,8 +100,9 @@ class RunConfig:
         flat = resolve(overrides or {})
         cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
-                  min_clients=_int(flat, "min-clients", low=1))
+                  min_clients=_int(flat, "min-clients", low=1), run_dir=_get(flat, "run-dir", str))
         _check_privacy(cfg)
+        _check_wrmf(cfg)
         return cfg
 
     def privacy_plan(self) -> PrivacyPlan:
@@ -169,6 +127,37 @@ class RunConfig:
         return RunConfig.from_flat({**self.flat, MIN_SURVIVORS_KEY: t_min})
 
 
+def _field(cls: type[Any], name: str) -> Any:
+    field = {f.name: f for f in fields(cls)}[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    assert field.default_factory is not dataclasses.MISSING, f"{cls.__name__}.{name} has no default"
+    return field.default_factory()
+
+
+#: Each run-configuration key with a default -> the config field that holds it. The default IS that
+#: field's default (one home per fact); protocol presets below override some of them.
+KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
+    "dataset": (DataSpec, "dataset"), "data-dir": (DataSpec, "data_dir"), "protocol": (DataSpec, "protocol"),
+    "fold": (DataSpec, "fold"), "users-per-client": (DataSpec, "users_per_client"),
+    "rounds": (FedConfig, "rounds"), "cohort": (FedConfig, "cohort"), "eval-every": (FedConfig, "eval_every"),
+    "seed": (FedConfig, "seed"), "round-timeout": (RunConfig, "round_timeout"), "run-dir": (RunConfig, "run_dir"),
+    "min-clients": (RunConfig, "min_clients"),
+    **{f"model.{name.replace('_', '-')}": (MFConfig, name) for name in
+       ("dim", "reg", "bias_reg", "init_std", "negatives", "loss", "neg_weight", "recency_boost", "recency_scale",
+        "confidence")},
+    **{f"local.{name.replace('_', '-')}": (LocalConfig, name) for name in ("steps", "lr", "user_lr", "fold_in")},
+    "strategy.averaging": (FedConfig, "averaging"), "strategy.optimizer": (ServerOptConfig, "name"),
+    "strategy.server-lr": (ServerOptConfig, "lr"),
+    **{f"strategy.{name}": (ServerOptConfig, name) for name in ("beta1", "beta2", "eps")},
+    **{key: (DPConfig, name) for name, key in DP_KEYS.items() if _field(DPConfig, name) is not None},
+    **{f"secagg.{f.name}": (SecAggSpec, f.name) for f in fields(SecAggSpec)},
+}
+
+#: key -> default, derived from the config dataclasses.
+DEFAULTS: dict[str, Scalar] = {key: _field(cls, name) for key, (cls, name) in KEY_FIELDS.items()}
+
+
 def min_survivors(cfg: RunConfig, population: int) -> int | None:
     """``t_min`` of distributed user-level noise for ``population`` devices.
 
@@ -188,7 +177,7 @@ def min_survivors(cfg: RunConfig, population: int) -> int | None:
         return None
     given = cfg.flat.get(MIN_SURVIVORS_KEY)
     if given is not None:
-        return _get(cfg.flat, MIN_SURVIVORS_KEY, int)  # type: ignore[no-any-return]
+        return int(_get(cfg.flat, MIN_SURVIVORS_KEY, int))
     if cfg.secagg.enabled:
         return int(cfg.secagg.threshold)
     return max(1, math.floor(cfg.dp.cohort_rate * population))
@@ -249,6 +238,16 @@ def _check_privacy(cfg: RunConfig) -> None:
 def protocol_preset(protocol: str) -> RunConfig:
     """The run configuration of ``protocol`` with nothing overridden (its model is the centralized trainer's too)."""
     return RunConfig.from_flat({"protocol": protocol})
+
+
+def _check_wrmf(cfg: RunConfig) -> None:
+    """``model.loss = "wrmf"`` sends two extra summed segments that DP and secure aggregation do not cover yet."""
+    if cfg.model.kind != "implicit" or cfg.model.loss != "wrmf":
+        return
+    if cfg.secagg.enabled or cfg.dp.unit != "off":
+        raise ConfigError("model.loss: 'wrmf' sends p p^T and a curvature sum that the secure-aggregation layout "
+                          "and the DP clip do not cover yet; set secagg.enabled = false and dp.unit = \"off\", "
+                          "or use model.loss = \"logistic\"")
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -371,7 +370,8 @@ def _model(flat: Mapping[str, Scalar]) -> MFConfig:
                     negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str),
                     neg_weight=_get(flat, "model.neg-weight", float),
                     recency_boost=_get(flat, "model.recency-boost", float),
-                    recency_scale=_get(flat, "model.recency-scale", float))
+                    recency_scale=_get(flat, "model.recency-scale", float),
+                    confidence=_get(flat, "model.confidence", float))
 
 
 def _fed(flat: Mapping[str, Scalar]) -> FedConfig:

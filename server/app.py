@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrec.data.spec import load_run_dataset
 from fedrec.runconfig import RunConfig
 
-from .loop import Catalogue, RoundCallback, RunResult, run_server
+from .loop import Catalogue, RoundCallback, RunResult, run_on_grid
 
 
 def catalogue_for(cfg: RunConfig) -> Catalogue:
@@ -32,7 +32,7 @@ def make_server_app(cfg: RunConfig, *, run_dir: Path | None = None, on_round: Ro
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
+        result = run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
         if results is not None:
             results.append(result)
 
@@ -45,5 +45,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(dict(context.run_config))
-    run_dir = Path(str(context.run_config.get("run-dir", "runs/flwr")))
-    run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir)
+    run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=Path(cfg.run_dir))

@@ -28,7 +28,7 @@ def config_record(flat: Mapping[str, object], *, round_: int, global_mean: float
     if rating_scale is not None:
         values[wire.CFG_RATING_MIN], values[wire.CFG_RATING_MAX] = float(rating_scale[0]), float(rating_scale[1])
     values.update({wire.CFG_RUN + k: v for k, v in flat.items()})
-    return ConfigRecord(values)  # type: ignore[arg-type]
+    return ConfigRecord(values)  # type: ignore[arg-type]  # Flower's ConfigRecord value union is narrower than object
 
 
 def train_content(glob_record: ArrayRecord, cfg_record: ConfigRecord) -> RecordDict:
@@ -56,4 +56,4 @@ def update_arrays(reply: Message, n_items: int, dim: int) -> dict[str, np.ndarra
 
 def metric_values(reply: Message) -> dict[str, float]:
     record = reply.content.metric_records.get(wire.RECORD_METRICS)
-    return {k: float(v) for k, v in record.items()} if record is not None else {}  # type: ignore[arg-type]
+    return {k: float(v) for k, v in record.items()} if record is not None else {}  # type: ignore[arg-type]  # metric values are numbers

@@ -1,6 +1,6 @@
 """Server side of secure aggregation on the Message API (``secagg.enabled = true``).
 
-A training round is one SecAgg+ round (:mod:`fedrec.secagg.rounds`) whose
+A training round is one SecAgg+ round (:mod:`fedrec.secagg.schedule`) whose
 stages travel in ``wire.MSG_SECAGG`` messages, one per device and trip, with
 ``group_id`` = the round number. Each message holds one part per stage
 addressed to the device: the part's payload as a :class:`ConfigRecord`
@@ -31,7 +31,6 @@ again, with its own setup and share trips, when its turn comes.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -45,7 +44,9 @@ from fedrec.runconfig import RunConfig, SecAggSpec
 from fedrec.secagg import (
     RoundPipeline,
     RoundPlan,
-    SecAggAbort,
+    SecAggError,
+    model_digest,
+    neighbourhood_degree,
     quant_config_for,
     unflatten_sums,
 )
@@ -59,30 +60,15 @@ Neighbours = int | Literal["all"]
 TrainResult = tuple[RoundSums, list[int], list[dict[str, float]]]
 
 
-def auto_degree(n: int) -> int:
-    """SecAgg+'s neighbourhood size for ``n`` clients: ``2 * ceil(log2 n) + 1``.
-
-    Client work and traffic grow with ``k`` instead of ``n``. The degree is
-    lowered by one when both it and ``n`` are odd (no ``k``-regular graph
-    exists then) and capped at ``n - 1`` (the complete graph).
-    """
-    k = 2 * math.ceil(math.log2(max(n, 2))) + 1
-    return regular_degree(n, k)
-
-
-def regular_degree(n: int, k: int) -> int:
-    """``k`` made feasible for ``n`` nodes: at most ``n - 1``, even when ``n`` is odd."""
-    k = min(k, n - 1)
-    if k < n - 1 and k % 2 == 1 and n % 2 == 1:
-        k -= 1
-    return max(k, 1)
-
-
 def neighbours_for(spec: SecAggSpec, n: int) -> Neighbours:
-    """``secagg.neighbours`` for a cohort of ``n``: ``"all"``, ``"auto"`` or an int degree."""
-    if spec.neighbours == "all":
-        return "all"
-    k = auto_degree(n) if spec.neighbours == "auto" else regular_degree(n, int(spec.neighbours))
+    """The degree ``k`` of a cohort of ``n`` for ``secagg.neighbours`` (``"all"`` for the complete graph).
+
+    :func:`fedrec.secagg.neighbourhood_degree` decides: ``auto`` is the
+    security bound devices hold the server to, and an int below it is raised to it.
+    """
+    setting: int | Literal["all", "auto"] = (
+        spec.neighbours if spec.neighbours in ("all", "auto") else int(spec.neighbours))  # type: ignore[assignment]
+    k = neighbourhood_degree(n, setting)
     return "all" if k >= n - 1 else k
 
 
@@ -133,8 +119,8 @@ class SecureRounds:
             return zero_sums(n_items, dim), list(cohort), []
         trip = GridTrip(self.grid, self.cfg, state, rnd)
         try:
-            result = self.pipeline.run(trip, plan, next_plan=upcoming)
-        except SecAggAbort as exc:
+            result = self.pipeline.run(trip, plan, next_plan=upcoming, model_digest=trip.model_digest())
+        except SecAggError as exc:  # too few survivors, or a sum the checks refused (inconsistent share, masks)
             log.error("round %d: secure aggregation aborted, the model is unchanged: %s", rnd, exc)
             return zero_sums(n_items, dim), list(cohort), trip.device_metrics()
         sums = unflatten_sums(result.sums, n_items=n_items, dim=dim)
@@ -180,6 +166,7 @@ class GridTrip:
     def __init__(self, grid: Grid, cfg: RunConfig, state: ServerState, rnd: int) -> None:
         self.grid, self.cfg, self.state, self.rnd = grid, cfg, state, rnd
         self.metrics: dict[int, dict[str, float]] = {}
+        self._training: dict[str, Any] | None = None
 
     def __call__(self, parts: Mapping[str, dict[int, dict[str, Any]]]) -> dict[str, dict[int, dict[str, Any] | None]]:
         addressed: dict[int, list[str]] = {}
@@ -229,10 +216,16 @@ class GridTrip:
         return part_payload(records, stage)
 
     def _training_records(self) -> dict[str, Any]:
-        glob = self.state.glob
-        content = train_content(global_record(glob),
-                                config_record(self.cfg.flat, round_=self.rnd, global_mean=glob.global_mean))
-        return dict(content.items())
+        if self._training is None:
+            glob = self.state.glob
+            content = train_content(global_record(glob),
+                                    config_record(self.cfg.flat, round_=self.rnd, global_mean=glob.global_mean))
+            self._training = dict(content.items())
+        return self._training
+
+    def model_digest(self) -> bytes:
+        """The digest of the downlink every mask part of this round carries (devices bind it into their masks)."""
+        return downlink_digest(self._training_records())
 
     def device_metrics(self) -> list[dict[str, float]]:
         """Plain metrics of the devices that answered the mask stage, i.e. trained this round."""
@@ -258,3 +251,15 @@ def part_payload(records: Mapping[str, Any], stage: str) -> dict[str, Any]:
     if isinstance(arrays, ArrayRecord):
         out.update({k: v.numpy() for k, v in arrays.items()})
     return out
+
+
+def downlink_digest(records: Mapping[str, Any]) -> bytes:
+    """:func:`fedrec.secagg.model_digest` of a downlink's table and round configuration records.
+
+    ``client.secagg`` computes the same from the records it receives.
+    """
+    table = records.get(wire.RECORD_GLOBAL)
+    config = records.get(wire.RECORD_CONFIG)
+    arrays = {k: v.numpy() for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
+    values = dict(config.items()) if isinstance(config, ConfigRecord) else {}
+    return model_digest(arrays, values)

@@ -225,7 +225,7 @@ def summarize(items: int, n: int, mode: str, k: int, t: int, windows: list[Windo
 # -- settings shared by both simulations ---------------------------------------------------
 
 
-def run_config(items: int, users: int, neighbours: str = "auto", *, pipeline: bool = True) -> RunConfig:
+def bench_config(items: int, users: int, neighbours: str = "auto", *, pipeline: bool = True) -> RunConfig:
     """Synthetic data with ``items`` items and one device per user; secure aggregation on or off per call."""
     return RunConfig.from_flat({"synthetic.n-users": users, "synthetic.n-items": items,
                                 "synthetic.mean-interactions": MEAN_INTERACTIONS, "model.dim": DIM,
@@ -261,7 +261,7 @@ def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], round
     from fedrec.server.loop import wait_for_nodes
 
     users = max(cohorts)
-    configs = {mode: run_config(items, users, NEIGHBOURS[mode], pipeline=mode in PIPELINED) for mode in modes}
+    configs = {mode: bench_config(items, users, NEIGHBOURS[mode], pipeline=mode in PIPELINED) for mode in modes}
     secure_modes = [m for m in modes if m != "plain"] or ["plain"]
     log_dir = tempfile.mkdtemp(prefix="bench-secagg-")
     rows: list[Row] = []
@@ -372,7 +372,7 @@ def bench_flower(items: int, cohorts: Sequence[int], rounds: int) -> list[Row]:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
     users = max(cohorts)
-    cfg = run_config(items, users)
+    cfg = bench_config(items, users)
     log_dir = tempfile.mkdtemp(prefix="bench-flower-")
     rows: list[Row] = []
 

@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -30,8 +29,18 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedrec.secagg import QuantConfig, SecAggClient, SecAggServer, SegmentSpec  # noqa: E402
-from fedrec.secagg.simulate import STAGES, RoundTrace, Stage, run_round  # noqa: E402
+from fedrec.secagg import (  # noqa: E402
+    DeviceTrust,  # noqa: E402
+    QuantConfig,
+    SecAggClient,
+    SecAggServer,
+    SegmentSpec,
+)
+from fedrec.secagg.crypto.identity import SimulationAuthority  # noqa: E402
+from fedrec.secagg.graph import min_threshold, secure_degree  # noqa: E402
+
+AUTHORITY = SimulationAuthority(b"fedrec benchmark enrolment authority")
+from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, run_round  # noqa: E402
 
 EMBED_DIM = 32
 ITEM_COUNTS = {"ml-100k": 1682, "ml-1m": 3706}
@@ -49,16 +58,13 @@ class Case:
 
     @property
     def threshold(self) -> int:
-        """Smallest majority threshold of the neighbourhood."""
-        return self.k // 2 + 1
+        """The smallest threshold devices accept for this neighbourhood (a majority at least)."""
+        return max(self.k // 2 + 1, min_threshold(self.n, self.k))
 
 
 def regular_degree(n: int) -> int:
-    """``2 * ceil(log2 n) + 1`` neighbours, made even when ``n`` is odd, at most ``n - 1``."""
-    k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1)
-    if k % 2 == 1 and n % 2 == 1:
-        k -= 1
-    return k
+    """The sparse degree devices accept: the security bound (:func:`fedrec.secagg.graph.secure_degree`)."""
+    return secure_degree(n)
 
 
 def layout(items: int) -> QuantConfig:
@@ -110,8 +116,10 @@ def run_case(case: Case, seed: int) -> dict[str, float]:
         threshold=case.threshold,
         neighbours="all" if case.graph == "complete" else case.k,
         quant=quant,
+        authority_key=AUTHORITY.public_key,
     )
-    clients = {node: SecAggClient(node_id=node, rng=np.random.default_rng(node)) for node in ids}
+    clients = {node: SecAggClient(node_id=node, trust=DeviceTrust(AUTHORITY.identity(node), AUTHORITY.public_key),
+                                  rng=np.random.default_rng(node)) for node in ids}
     inputs = make_inputs(server.setup.quant, ids, rng)
     n_drop = int(round(case.dropout * case.n))
     drops: dict[int, Stage] = {int(node): "mask" for node in rng.choice(ids, n_drop, replace=False)}

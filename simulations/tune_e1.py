@@ -7,6 +7,7 @@ settings are evaluated once at the end. Centralized (trainer) and federated
 are chosen the same way::
 
     python -m simulations.tune_e1 --data-dir ../shared/data [--quick]
+    python -m simulations.tune_e1 --data-dir ../shared/data --als   # the ALS trainer's grid only
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig
 from fedrec.train.aggregate import ServerOptConfig
-from fedrec.train.central import CentralConfig, train_central
+from fedrec.train.central import ALS_PRESETS, CentralConfig, train_central
 from fedrec.train.local import LocalConfig
 
 
@@ -37,14 +38,35 @@ def federated_rmse(data: Dataset, model: MFConfig, fed: FedConfig) -> float:
     return run_reference(data, model, fed)[1][-1]["rmse"]
 
 
+def als_grid(tune: Dataset, full: Dataset) -> None:
+    """dim x reg x bias_reg for the ALS trainer (15 sweeps), chosen on validation, then one test fit."""
+    print("centralized ALS, 15 sweeps (validation RMSE):")
+    best = None
+    for dim, reg, bias_reg in itertools.product((32, 64), (0.12, 0.14, 0.16), (0.05, 0.12)):
+        model = MFConfig(dim=dim, reg=reg, bias_reg=bias_reg)
+        t = time.perf_counter()
+        rmse = central_rmse(tune, model, CentralConfig(epochs=15, solver="als"))
+        print(f"  dim {dim:<3} reg {reg:<5} bias-reg {bias_reg:<5} rmse {rmse:.4f}  ({time.perf_counter() - t:.1f}s)")
+        best = min(best or (rmse, dim, reg, bias_reg), (rmse, dim, reg, bias_reg))
+    assert best is not None
+    _, dim, reg, bias_reg = best
+    model, trainer = MFConfig(dim=dim, reg=reg, bias_reg=bias_reg), CentralConfig(epochs=15, solver="als")
+    print(f"chosen: dim {dim}, reg {reg}, bias-reg {bias_reg}; u1.test RMSE {central_rmse(full, model, trainer):.4f}")
+    print(f"equals ALS_PRESETS['E1']: {(model, trainer) == ALS_PRESETS['E1']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--quick", action="store_true", help="a 2-point grid per part")
+    parser.add_argument("--als", action="store_true", help="only the ALS trainer's grid")
     args = parser.parse_args()
     full = load_dataset("ml-100k", data_dir=args.data_dir, protocol="E1", fold=1)
     train, val = validation_split(full.train, kind="random", fraction=0.1, seed=0)
     tune = Dataset("ml-100k-u1-validation", train, val, full.rating_scale)
+    if args.als:
+        als_grid(tune, full)
+        return
 
     regs, epochs = ((0.08, 0.1), (40,)) if args.quick else ((0.05, 0.08, 0.1, 0.12, 0.15), (30, 40, 60))
     print("centralized (validation RMSE):")

@@ -93,3 +93,17 @@ def test_protocol_presets_match_the_tuned_presets() -> None:
         140, LocalConfig(steps=2, lr=0.6, user_lr=1.0, fold_in=False), ServerOptConfig(name="adam", lr=0.05),
         "item", 20)
     assert protocol_preset("E1").model == MFConfig(kind="explicit", dim=32, reg=0.12, bias_reg=0.12)
+
+
+def test_defaults_are_the_dataclass_defaults() -> None:
+    """One home per default: the empty run configuration builds every section as its dataclass defaults."""
+    from fedrec.data.spec import DataSpec
+    from fedrec.federated.server_state import FedConfig
+    from fedrec.model.mf import MFConfig
+    from fedrec.privacy.config import DPConfig
+    from fedrec.runconfig import SecAggSpec
+
+    cfg = RunConfig.from_flat({})
+    assert (cfg.data, cfg.model, cfg.fed, cfg.dp, cfg.secagg) == (DataSpec(), MFConfig(), FedConfig(), DPConfig(),
+                                                                   SecAggSpec())
+    assert (cfg.round_timeout, cfg.min_clients, cfg.run_dir) == (600.0, 1, "runs/flwr")

@@ -154,7 +154,7 @@ def _parse_block(
     lines = first_line + np.flatnonzero(nonblank).astype(np.int64)
     if _fast_path_ok(arr, ends, nonblank, has_cr, delim, n_fields):
         try:
-            values = np.fromstring(block.replace(delim, b" "), sep=" ")  # type: ignore[call-overload]
+            values = np.fromstring(block.replace(delim, b" "), sep=" ")
         except ValueError:
             values = None
         if values is not None and values.size == len(lines) * n_fields:
@@ -424,7 +424,7 @@ def _csv_chunks(
     for row in reader:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
-        line_no = reader.line_num  # type: ignore[attr-defined]
+        line_no = reader.line_num  # type: ignore[attr-defined]  # csv.reader objects have line_num; typeshed's Iterator does not
         if len(row) != n_fields:
             raise DataError(f"{path} line {line_no}: expected {n_fields} fields, found {len(row)}")
         user, item = row[ui].strip(), row[ii].strip()

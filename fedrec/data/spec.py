@@ -9,7 +9,7 @@ rows through its :class:`~fedrec.data.partition.InteractionSource` only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedrec.data.interactions import Dataset
@@ -20,12 +20,12 @@ from fedrec.data.synthetic import SyntheticConfig
 class DataSpec:
     """Which data a run uses and how it is split into devices."""
 
-    dataset: str
-    data_dir: str
-    protocol: str
-    fold: int
-    users_per_client: int
-    synthetic: SyntheticConfig
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    protocol: str = "E1"
+    fold: int = 1
+    users_per_client: int = 1
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 _DATASET_CACHE: dict[tuple[Any, ...], Dataset] = {}

@@ -311,7 +311,7 @@ def _sample_items(
                 logits = np.log(counts.astype(np.float64))
                 if p_u is not None:
                     logits += model.factors[candidates] @ p_u
-                return candidates[_gumbel_top_k(rng, logits, k)]
+                return np.asarray(candidates[_gumbel_top_k(rng, logits, k)])
             pool = np.concatenate([pool, model.draw_popular(rng, draws)])
             draws *= 2
     logits = model.log_popularity.copy()

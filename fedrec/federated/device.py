@@ -132,6 +132,7 @@ def device_evaluate(source: InteractionSource, state: DeviceState, glob: GlobalP
     train, test = source.train(), source.test()
     total = MetricSums()
     refold = privacy is not None and privacy.rating is not None and local.fold_in and model.kind == "explicit"
+    refold = refold or (model.kind == "implicit" and model.loss == "wrmf")  # exact solve, as cheap as a lookup
     for user in np.unique(test.users):
         tr, te = train.users == user, test.users == user
         params = None if refold else load_local(state, int(user))
@@ -145,11 +146,13 @@ def device_evaluate(source: InteractionSource, state: DeviceState, glob: GlobalP
 
 def train_user(glob: GlobalParams, local: LocalParams | None, items: np.ndarray, ratings: np.ndarray, *,
                  model: MFConfig, config: LocalConfig, rng: np.random.Generator,
-                 timestamps: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
+                 timestamps: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
     """One user's local step on a device: train, return (dense update, new LOCAL state)."""
     if local is None:
         local = initial_local(model, rng)
-    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng, timestamps=timestamps)
+    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng, timestamps=timestamps,
+                        weights=weights)
 
 
 def initial_local(model: MFConfig, rng: np.random.Generator) -> LocalParams:
@@ -175,6 +178,7 @@ def _plain_train(source: InteractionSource, state: DeviceState, glob: GlobalPara
                  local: LocalConfig, seed: int, round_: int, user_offset: int) -> DeviceRound:
     rows = source.train()
     total: list[np.ndarray] | None = None
+    extra: dict[str, np.ndarray] = {}
     n_rows, loss, users = 0, 0.0, np.unique(rows.users)
     for user in users:
         mask = rows.users == user
@@ -184,11 +188,12 @@ def _plain_train(source: InteractionSource, state: DeviceState, glob: GlobalPara
         save_local(state, int(user), new_local)
         parts = [update.item_factors, update.item_bias, update.counts]
         total = parts if total is None else [a + b for a, b in zip(total, parts, strict=True)]
+        extra = {k: extra[k] + v if k in extra else v for k, v in update.extra.items()}
         n_rows += update.n_rows
         loss += update.loss * update.n_rows
     if total is None:
         total = [np.zeros_like(glob.item_factors), np.zeros_like(glob.item_bias), np.zeros(glob.n_items, np.float32)]
-    return DeviceRound(LocalUpdate(total[0], total[1], total[2], n_rows, loss / max(n_rows, 1)), len(users))
+    return DeviceRound(LocalUpdate(total[0], total[1], total[2], n_rows, loss / max(n_rows, 1), extra), len(users))
 
 
 def _rating_level_train(source: InteractionSource, state: DeviceState, glob: GlobalParams, *, model: MFConfig,

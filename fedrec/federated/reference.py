@@ -95,13 +95,14 @@ def run_reference(dataset: Dataset, model: MFConfig, fed: FedConfig, *,
             break
         cohort = policy.cohort(users, size, state.rng)
         sums = _zero_sums(state.glob)
+        extra: dict[str, np.ndarray] = {}
         device_metrics = []
         for u in cohort:
             out = device_train(sources[u], devices.setdefault(u, {}), state.glob, model=model, local=fed.local,
                                seed=fed.seed, round_=rnd, privacy=privacy, user_offset=u, seeded_noise=True)
-            _accumulate(sums, out.update)
+            _accumulate(sums, out.update, extra)
             device_metrics.append(out.metrics)
-        noisy, expected = policy.finish_round(RoundSums(sums[0], sums[1], sums[2], len(cohort)), state.rng)
+        noisy, expected = policy.finish_round(RoundSums(sums[0], sums[1], sums[2], len(cohort), extra), state.rng)
         state.apply(noisy, expected_clients=expected)
         report = policy.report(device_metrics)
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
@@ -115,7 +116,9 @@ def _zero_sums(glob: GlobalParams) -> list[np.ndarray]:
     return [np.zeros_like(glob.item_factors), np.zeros_like(glob.item_bias), np.zeros(glob.n_items, np.float32)]
 
 
-def _accumulate(sums: list[np.ndarray], update: LocalUpdate) -> None:
+def _accumulate(sums: list[np.ndarray], update: LocalUpdate, extra: dict[str, np.ndarray]) -> None:
     sums[0] += update.item_factors
     sums[1] += update.item_bias
     sums[2] += update.counts
+    for name, arr in update.extra.items():
+        extra[name] = extra[name] + arr if name in extra else arr.astype(np.float64)

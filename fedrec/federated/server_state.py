@@ -22,6 +22,7 @@ from fedrec.train.aggregate import (
     ServerOptConfig,
     ServerOptimizer,
     pseudo_gradient,
+    wrmf_direction,
 )
 from fedrec.train.local import LocalConfig
 
@@ -93,13 +94,16 @@ class ServerState:
     averaging: str = "item"
     round: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    wrmf_reg: float | None = None
+    """Set for ``model.loss = "wrmf"``: the item step is :func:`wrmf_direction` with this ``reg``."""
 
     @classmethod
     def start(cls, n_items: int, model: MFConfig, fed: FedConfig, *, global_mean: float) -> ServerState:
         """Round 0 of a run over ``n_items`` items; ``global_mean`` is ``mu`` (:func:`prior_mean` in a run)."""
         glob = GlobalParams.init(n_items, model.dim, init_std=model.init_std, global_mean=global_mean,
                                  seed=fed.seed)
-        return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed))
+        wrmf = model.reg if model.kind == "implicit" and model.loss == "wrmf" else None
+        return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed), wrmf)
 
     def apply(self, sums: RoundSums, *, expected_clients: float | None = None) -> GlobalParams:
         """Move the table by one round's sums and count the round.
@@ -108,8 +112,12 @@ class ServerState:
         the expected cohort: under user-level DP the noisy sum is the released
         output whatever the cohort was.
         """
-        if sums.n_clients > 0 or expected_clients is not None:
-            dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]
+        if self.wrmf_reg is not None:
+            if sums.n_clients > 0:
+                dq = wrmf_direction(self.glob, sums, reg=self.wrmf_reg)
+                self.glob = self.optimizer.apply(self.glob, dq, np.zeros_like(self.glob.item_bias))
+        elif sums.n_clients > 0 or expected_clients is not None:
+            dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]  # str checked by FedConfig
                                      expected_clients=expected_clients)
             self.glob = self.optimizer.apply(self.glob, dq, db)
         self.round += 1

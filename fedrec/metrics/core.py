@@ -132,7 +132,7 @@ def _add_user_ranking(ms: MetricSums, s: np.ndarray, held: np.ndarray, ks: tuple
 def _equal_held_before(held_scores: np.ndarray) -> np.ndarray:
     """Held items count each other only when strictly better; remove equal-score peers."""
     eq = (held_scores[None, :] == held_scores[:, None]).sum(axis=1) - 1
-    return -eq
+    return np.asarray(-eq)
 
 
 def rating_metrics(predictions: np.ndarray, ratings: np.ndarray,

@@ -18,7 +18,7 @@ from fedrec.model.params import GlobalParams, LocalParams, UserTable
 
 ModelKind = Literal["explicit", "implicit"]
 MODEL_KINDS: tuple[str, ...] = ("explicit", "implicit")
-IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr")
+IMPLICIT_LOSSES: tuple[str, ...] = ("logistic", "bpr", "wrmf")
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,22 @@ class MFConfig:
         Implicit only: negatives sampled per positive.
     loss:
         Implicit only: ``"logistic"`` (each item scored against a 0/1 label)
-        or ``"bpr"`` (each positive ranked above its sampled negatives).
+        or ``"bpr"`` (each positive ranked above its sampled negatives), both
+        against sampled negatives; or ``"wrmf"``: weighted squared error over
+        the whole catalogue (Hu et al. 2008), every non-interaction a negative
+        of weight 1 (no sampling, no biases; :mod:`fedrec.train.als`). The
+        name is the loss's, not a solver's: centralized it is fitted by
+        alternating least squares, federated by a device-side exact solve
+        and a server-side item step, and both minimise the same objective.
     neg_weight:
         Implicit only: total weight of a positive's negatives. The negative
         term is the mean over the sampled negatives times ``neg_weight``, so
         ``negatives`` sets the variance of the estimate and ``neg_weight`` its
         weight (``neg_weight == negatives`` is the plain sum).
+    confidence:
+        ``"wrmf"`` only: an interaction's confidence is ``1 + confidence * w``
+        (``w`` its weight: recency times the data's own weight, default 1);
+        ``implicit``'s ALS calls it ``alpha``.
     recency_boost, recency_scale:
         Implicit only: a positive's weight is ``1 + recency_boost *
         exp(-age / recency_scale)``, where ``age`` counts the user's
@@ -57,14 +67,15 @@ class MFConfig:
 
     kind: ModelKind = "explicit"
     dim: int = 32
-    reg: float = 0.1
-    bias_reg: float = 0.1
+    reg: float = 0.12
+    bias_reg: float = 0.12
     init_std: float = 0.1
     negatives: int = 4
     loss: str = "logistic"
     neg_weight: float = 4.0
     recency_boost: float = 0.0
     recency_scale: float = 5.0
+    confidence: float = 10.0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -82,6 +93,8 @@ class MFConfig:
             raise ConfigError(f"model.neg-weight: must be > 0, got {self.neg_weight}")
         if not self.recency_boost >= 0:
             raise ConfigError(f"model.recency-boost: must be >= 0, got {self.recency_boost}")
+        if not self.confidence >= 0:
+            raise ConfigError(f"model.confidence: must be >= 0, got {self.confidence}")
         if not self.recency_scale > 0:
             raise ConfigError(f"model.recency-scale: must be > 0, got {self.recency_scale}")
 
@@ -108,7 +121,7 @@ def recency_weights(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray
 
 def score_items(glob: GlobalParams, local: LocalParams) -> np.ndarray:
     """Scores of every item for one user: what a device ranks to recommend."""
-    return glob.global_mean + local.user_bias + glob.item_bias + glob.item_factors @ local.user_factor
+    return np.asarray(glob.global_mean + local.user_bias + glob.item_bias + glob.item_factors @ local.user_factor)
 
 
 @dataclass(frozen=True)
@@ -127,10 +140,10 @@ class MFModel:
         """Scores of (user, item) pairs."""
         p = self.users.user_factors[users]
         q = self.glob.item_factors[items]
-        return (self.glob.global_mean + self.users.user_bias[users] + self.glob.item_bias[items]
-                + np.einsum("nd,nd->n", p, q))
+        return np.asarray(self.glob.global_mean + self.users.user_bias[users] + self.glob.item_bias[items]
+                          + np.einsum("nd,nd->n", p, q))
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         """``(len(users), n_items)`` scores for full-catalogue ranking."""
-        return (self.glob.global_mean + self.users.user_bias[users, None] + self.glob.item_bias[None, :]
-                + self.users.user_factors[users] @ self.glob.item_factors.T)
+        return np.asarray(self.glob.global_mean + self.users.user_bias[users, None] + self.glob.item_bias[None, :]
+                          + self.users.user_factors[users] @ self.glob.item_factors.T)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -62,6 +63,16 @@ class GlobalParams:
         rng = np.random.default_rng(seed)
         q = rng.normal(0.0, init_std, (n_items, dim)).astype(np.float32)
         return cls(q, np.zeros(n_items, np.float32), float(global_mean))
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """``Q^T Q`` (float64, ``dim x dim``): the full-catalogue term of the ``"wrmf"`` user solve.
+
+        A public function of the table every device downloads, so computing it
+        reveals nothing; cached because every device of a round needs it.
+        """
+        q = self.item_factors.astype(np.float64)
+        return q.T @ q
 
     @property
     def n_items(self) -> int:

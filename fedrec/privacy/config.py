@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from fedrec.errors import ConfigError
 
@@ -133,7 +133,7 @@ class DPConfig:
                     f"{key}: unknown privacy key; expected one of {sorted(known)}"
                 )
             kwargs[known[key]] = _coerce(known[key], value)
-        return cls(**cast(dict, kwargs))
+        return cls(**cast(dict[str, Any], kwargs))
 
     def to_run_config(self) -> dict[str, object]:
         """The flat ``dp.*`` mapping this config was (or could have been) read from."""

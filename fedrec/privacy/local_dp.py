@@ -344,7 +344,8 @@ class _GatheredMF(nn.Module):
             + (p * q).sum(-1)
         )
         penalty = (p * p).sum(-1) + (q * q).sum(-1)
-        return (ratings - pred) ** 2 + self.reg * penalty
+        loss: torch.Tensor = (ratings - pred) ** 2 + self.reg * penalty
+        return loss
 
 
 def _embedding(weight: np.ndarray) -> nn.Embedding:
@@ -398,7 +399,7 @@ def _run_dp_sgd(
         torch.optim.SGD(gsm.parameters(), lr=lr),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=schedule.expected_batch_size,  # type: ignore[arg-type]
+        expected_batch_size=schedule.expected_batch_size,
         loss_reduction="mean",
         generator=generator,
         secure_mode=secure_mode,
@@ -492,7 +493,7 @@ def _noise(
     reference = torch.zeros(shape, dtype=_DTYPE)
     noise = _generate_noise(std=std, reference=reference, generator=generator,
                             secure_mode=secure_mode)
-    return noise.to(_DTYPE).numpy()
+    return np.asarray(noise.to(_DTYPE).numpy())
 
 
 def _exhausted(problem: _Problem, ledger: PrivacyAccountant) -> DPLocalResult:
@@ -528,7 +529,7 @@ def _generator(*, secure_mode: bool, seed: int | None) -> torch.Generator:
 def _secure_generator() -> torch.Generator:
     """The ``/dev/urandom`` generator Opacus's ``PrivacyEngine`` builds in secure mode."""
     try:
-        import torchcsprng  # type: ignore[import-not-found]
+        import torchcsprng
     except ImportError as exc:
         raise PrivacyError(
             "secure_mode=True needs the torchcsprng package (Opacus's secure RNG), which "

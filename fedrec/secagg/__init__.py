@@ -1,60 +1,64 @@
-"""Secure aggregation (SecAgg+) without transport: client and server state machines.
+"""Secure aggregation (SecAgg+) against a server that may cheat, without Flower.
 
-A round sums clients' float vectors so that the server learns only the sum of
-the clients that finished, tolerating dropouts at every stage:
+Which side each module is:
 
-0. :class:`SecAggServer` publishes a :class:`Setup` (round id, participants,
-   threshold ``t``, neighbourhood graph, quantization layout).
-1. Each :class:`SecAggClient` answers :meth:`~SecAggClient.advertise` with two
-   X25519 public keys (:class:`AdvertiseKeys`).
-2. With its neighbours' keys (:class:`PeerKeys`) a client Shamir-shares its
-   self-mask seed and mask private key, encrypted per neighbour
-   (:class:`ShareKeys`); the server routes them (:class:`RoutedShares`).
-3. A client sends its quantized input plus self mask plus pairwise masks
-   (:class:`MaskedInput`).
-4. Survivors reveal self-mask shares of survivors and key shares of dropped
-   neighbours (:class:`UnmaskRequest` / :class:`UnmaskResponse`); the server
-   removes all masks and returns :class:`AggregateResult`.
+==========================  ==========  =====================================================
+module                      side        what
+==========================  ==========  =====================================================
+``protocol_client``         device      one round's state machine (:class:`SecAggClient`),
+                                        :class:`DeviceTrust` (identity, anchor, bound)
+``device``                  device      transport adapter: answers a stage / the parts of one
+                                        message from the device state (:func:`handle_secagg`)
+``device_state``            device      the packed per-round state format
+``protocol_server``         server      one round's state machine (:class:`SecAggServer`)
+``schedule``                server      transport adapter: one round in four trips or two
+                                        pipelined rounds per trip (:class:`RoundPipeline`)
+``graph``                   both        the neighbourhood graph, its seed, and the policy:
+                                        degree, threshold, security bound
+``layout``                  both        fedrec's update as segments (+ extra segments),
+                                        the downlink digest bound into the masks
+``messages``                both        the wire messages and their one codec
+``quantize``                both        fixed-point encoding into Z_2^bits
+``crypto.*``                both        Shamir, X25519/HKDF/AES-GCM, ChaCha20, Ed25519
+                                        identities and signed advertisements
+``inprocess``               both        a whole round in one process (tests, benchmarks)
+==========================  ==========  =====================================================
 
-Every refusal raises a :class:`~fedrec.errors.SecAggError` sub-class; a round
-left with fewer than ``t`` clients raises :class:`~fedrec.errors.SecAggAbort`.
-:func:`run_round` drives a whole round in one process (tests, benchmarks).
-
-Over a transport, :func:`run_secagg_round` drives the server through an
-``exchange(stage, payloads)`` callable, a message round trip per stage, and
-:class:`RoundPipeline` runs consecutive rounds in two trips each by sending
-the next round's setup and share with the current round's mask and unmask
-(:mod:`fedrec.secagg.rounds`). On a device :func:`handle_secagg` answers one
-stage and :func:`handle_secagg_parts` every part of one message, from the
-device's state mapping alone (:meth:`SecAggClient.to_state`,
-:func:`clear_state`; up to two live rounds, each in its own namespace);
-:func:`quant_config_for`, :func:`flatten_update` and :func:`unflatten_sums`
-fit fedrec's update arrays to the masked vector.
+Every refusal raises a :class:`~fedrec.errors.SecAggError` sub-class (all in
+:mod:`fedrec.errors`); a round left with fewer than ``t`` clients raises
+:class:`~fedrec.errors.SecAggAbort`.
 """
 
 from __future__ import annotations
 
-from fedrec.secagg.client import SecAggClient
-from fedrec.secagg.driver import (
-    WIRE_STAGES,
-    PartReplies,
-    check_payload,
-    flatten_update,
-    handle_secagg,
-    handle_secagg_parts,
-    quant_config_for,
-    resolve_threshold,
-    unflatten_sums,
-)
-from fedrec.secagg.errors import (
+from fedrec.errors import (
     SecAggAbort,
     SecAggConfigError,
     SecAggError,
     SecAggIntegrityError,
     SecAggMessageError,
     SecAggProtocolError,
+    SecAggStateError,
 )
-from fedrec.secagg.graph import build_graph, neighbours_of
+from fedrec.secagg.device import (
+    WIRE_STAGES,
+    PartReplies,
+    check_payload,
+    handle_secagg,
+    handle_secagg_parts,
+)
+from fedrec.secagg.device_state import clear_state
+from fedrec.secagg.graph import (
+    DEFAULT_SECURITY,
+    SecurityParams,
+    build_graph,
+    neighbourhood_degree,
+    neighbours_of,
+    resolve_threshold,
+    secure_degree,
+)
+from fedrec.secagg.inprocess import RoundTrace, build_cohort, run_round
+from fedrec.secagg.layout import NO_MODEL, flatten_update, model_digest, quant_config_for, unflatten_sums
 from fedrec.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
@@ -67,8 +71,10 @@ from fedrec.secagg.messages import (
     UnmaskResponse,
     payload_size,
 )
+from fedrec.secagg.protocol_client import DeviceTrust, SecAggClient
+from fedrec.secagg.protocol_server import AggregateResult, SecAggServer
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
-from fedrec.secagg.rounds import (
+from fedrec.secagg.schedule import (
     Exchange,
     RoundDriver,
     RoundPipeline,
@@ -78,16 +84,16 @@ from fedrec.secagg.rounds import (
     run_secagg_round,
     run_trip,
 )
-from fedrec.secagg.server import AggregateResult, SecAggServer
-from fedrec.secagg.simulate import RoundTrace, build_cohort, run_round
-from fedrec.secagg.state import SecAggStateError, clear_state
 
 __all__ = [
     "AdvertiseKeys",
     "AggregateResult",
+    "DEFAULT_SECURITY",
+    "DeviceTrust",
     "Exchange",
     "MaskedInput",
     "Message",
+    "NO_MODEL",
     "PartReplies",
     "PeerKeys",
     "QuantConfig",
@@ -105,6 +111,7 @@ __all__ = [
     "SecAggProtocolError",
     "SecAggServer",
     "SecAggStateError",
+    "SecurityParams",
     "SegmentSpec",
     "Setup",
     "ShareKeys",
@@ -119,6 +126,8 @@ __all__ = [
     "flatten_update",
     "handle_secagg",
     "handle_secagg_parts",
+    "model_digest",
+    "neighbourhood_degree",
     "neighbours_of",
     "payload_size",
     "protocol_round_id",
@@ -127,5 +136,6 @@ __all__ = [
     "run_round",
     "run_secagg_round",
     "run_trip",
+    "secure_degree",
     "unflatten_sums",
 ]

@@ -1,32 +1,45 @@
-"""The messages that cross the wire, one frozen dataclass per stage.
+"""The messages that cross the wire: one frozen dataclass per stage, one generic codec.
 
-Fields are ints, bytes, tuples of those and (for the masked vector) a numpy
-array. ``to_dict`` flattens a message into values a Flower record holds
-(``int``, ``float``, ``str``, ``bytes``, lists of one of those, numpy arrays;
-node ids up to 2^64 - 1 fit Flower's unsigned integer values) and
-``from_dict`` checks every key, type, length and range before building the
-message again, raising :class:`SecAggMessageError` naming the field.
+Each message declares its wire fields once (:data:`_Codec.FIELDS`, a tuple of
+:class:`Field`: name, kind and, for byte strings, the exact length). From
+that declaration alone the codec
 
-Checks that need round state (is this sender a participant, is this vector
-the right length for the layout) are made by the receiving party.
+* validates every field when a message is built (``__post_init__``),
+* flattens it into values a Flower record holds (:meth:`_Codec.to_dict`:
+  ``int``, ``float``, ``str``, ``bytes``, lists of one of those, numpy arrays;
+  node ids up to 2^64 - 1 fit Flower's unsigned integer values), and
+* checks every key, type, length and range of a received dict before building
+  the message again (:meth:`_Codec.from_dict`), raising
+  :class:`~fedrec.errors.SecAggMessageError` naming the message and the field.
+
+Cross-field rules (equal lengths of parallel lists, the setup's threshold and
+ring) are each class's ``_check``. :class:`Setup` carries its quantization
+layout as five parallel columns (``_flat_extra``/``_parse_extra``). Checks
+that need round state (is this sender a participant, is this vector the right
+length for the layout, does this signature verify) are made by the receiving
+party.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from fedrec.secagg.errors import SecAggConfigError, SecAggMessageError
-from fedrec.secagg.field import ELEMENT_BYTES
+from fedrec.errors import SecAggConfigError, SecAggMessageError
+from fedrec.secagg.crypto.identity import CERTIFICATE_BYTES, SIGNATURE_BYTES
+from fedrec.secagg.crypto.keys import CIPHERTEXT_BYTES, KEY_BYTES
+from fedrec.secagg.crypto.shamir import ELEMENT_BYTES
 from fedrec.secagg.graph import GRAPH_SEED_BYTES, check_participants, degree_of
-from fedrec.secagg.keys import CIPHERTEXT_BYTES, KEY_BYTES
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
 
 __all__ = [
     "AdvertiseKeys",
+    "Field",
     "MaskedInput",
     "Message",
     "PeerKeys",
@@ -37,9 +50,28 @@ __all__ = [
     "UnmaskResponse",
     "coerce",
     "payload_size",
+    "setup_digest",
 ]
 
 _MAX_U64 = (1 << 64) - 1
+DIGEST_BYTES = 32
+
+Kind = Literal["u64", "ids", "bytes", "bytes_list", "uint_array"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One wire field: attribute ``name`` (also its dict key unless ``key``), its ``kind``, byte ``length``."""
+
+    name: str
+    kind: Kind
+    length: int = 0
+    key: str = ""
+
+    @property
+    def wire_key(self) -> str:
+        """The key of the field in the dict form."""
+        return self.key or self.name
 
 
 def _fail(kind: str, key: str, why: str) -> SecAggMessageError:
@@ -78,28 +110,100 @@ def _check_bytes_list(kind: str, key: str, value: object, length: int) -> tuple[
     return tuple(_check_bytes(kind, f"{key}[{i}]", v, length) for i, v in enumerate(value))
 
 
-def _check_same_length(kind: str, keys: Sequence[str], *values: Sequence[object]) -> None:
-    if len({len(v) for v in values}) > 1:
-        raise SecAggMessageError(f"{kind}: fields {list(keys)} must have equal lengths")
+def _check_array(kind: str, key: str, value: object) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise _fail(kind, key, f"must be a numpy array, got {type(value).__name__}")
+    if value.ndim != 1:
+        raise _fail(kind, key, f"must be 1-D, got shape {value.shape}")
+    if value.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+        raise _fail(kind, key, f"dtype {value.dtype} is not uint32 or uint64")
+    return value
 
 
-def _read(data: object, kind: str, keys: Sequence[str]) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise SecAggMessageError(f"{kind}: expected a mapping, got {type(data).__name__}")
-    missing = [k for k in keys if k not in data]
-    unknown = [k for k in data if k not in keys]
-    if missing or unknown:
-        raise SecAggMessageError(f"{kind}: missing keys {missing}, unknown keys {unknown}")
-    return data
+def _parse(kind: str, f: Field, value: object) -> Any:
+    """Check one field's value (attribute or wire form) and return it in attribute form."""
+    key = f.wire_key
+    if f.kind == "u64":
+        return _check_int(kind, key, value)
+    if f.kind == "ids":
+        return _check_ids(kind, key, value)
+    if f.kind == "bytes":
+        return _check_bytes(kind, key, value, f.length)
+    if f.kind == "bytes_list":
+        return _check_bytes_list(kind, key, value, f.length)
+    return _check_array(kind, key, value)
+
+
+def _flat(f: Field, value: Any) -> Any:
+    return list(value) if f.kind in ("ids", "bytes_list") else value
+
+
+def _same_length(kind: str, *pairs: tuple[str, tuple[Any, ...]]) -> None:
+    if len({len(v) for _, v in pairs}) > 1:
+        raise SecAggMessageError(f"{kind}: fields {[k for k, _ in pairs]} must have equal lengths")
+
+
+class _Codec:
+    """The generic codec: everything from :data:`FIELDS`."""
+
+    FIELDS: ClassVar[tuple[Field, ...]] = ()
+    EXTRA_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        kind = type(self).__name__
+        for f in self.FIELDS:
+            _parse(kind, f, getattr(self, f.name))
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field rules; none by default."""
+
+    def _flat_extra(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def _parse_extra(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Every key of the dict form, in order."""
+        return tuple(f.wire_key for f in cls.FIELDS) + cls.EXTRA_KEYS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat record-compatible form."""
+        out = {f.wire_key: _flat(f, getattr(self, f.name)) for f in self.FIELDS}
+        out.update(self._flat_extra())
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """Validated inverse of :meth:`to_dict`."""
+        kind = cls.__name__
+        if not isinstance(data, Mapping):
+            raise SecAggMessageError(f"{kind}: expected a mapping, got {type(data).__name__}")
+        keys = cls.keys()
+        missing = [k for k in keys if k not in data]
+        unknown = [k for k in data if k not in keys]
+        if missing or unknown:
+            raise SecAggMessageError(f"{kind}: missing keys {missing}, unknown keys {unknown}")
+        values = {f.name: _parse(kind, f, data[f.wire_key]) for f in cls.FIELDS}
+        values.update(cls._parse_extra(data))
+        return cls(**values)
+
+
+_C = TypeVar("_C", bound=_Codec)
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(_Codec):
     """Stage 0, server -> every participant: the rules of the round.
 
     ``degree`` is ``None`` for the complete graph, else the ``k`` of the
-    random ``k``-regular graph derived from ``graph_seed``. ``quant`` must
-    have every scale resolved for ``len(participants)`` clients.
+    random ``k``-regular graph. ``graph_seed`` is the server's nonce: the graph
+    itself comes from :func:`fedrec.secagg.graph.graph_seed` over it and every
+    signed advertisement. ``quant`` must have every scale resolved for
+    ``len(participants)`` clients.
     """
 
     round_id: int
@@ -109,31 +213,19 @@ class Setup:
     graph_seed: bytes = field(repr=False)
     quant: QuantConfig
 
-    KEYS = (
-        "round_id",
-        "participants",
-        "threshold",
-        "neighbourhood",
-        "degree",
-        "graph_seed",
-        "bits",
-        "segment_names",
-        "segment_lengths",
-        "segment_lo",
-        "segment_hi",
-        "segment_scales",
-    )
+    FIELDS = (Field("round_id", "u64"), Field("participants", "ids"), Field("threshold", "u64"),
+              Field("graph_seed", "bytes", GRAPH_SEED_BYTES))
+    EXTRA_KEYS = ("neighbourhood", "degree", "bits", "segment_names", "segment_lengths", "segment_lo",
+                  "segment_hi", "segment_scales")
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         kind = "Setup"
-        _check_int(kind, "round_id", self.round_id)
         try:
             ids = check_participants(self.participants)
             k = degree_of(len(ids), self.degree)
         except SecAggConfigError as exc:
             raise SecAggMessageError(f"{kind}: {exc}") from None
         _check_int(kind, "threshold", self.threshold, 1, k)
-        _check_bytes(kind, "graph_seed", self.graph_seed, GRAPH_SEED_BYTES)
         if any(s.scale is None for s in self.quant.segments):
             raise _fail(kind, "segment_scales", "must all be set")
         try:
@@ -146,16 +238,11 @@ class Setup:
         """Number of neighbours of every node."""
         return degree_of(len(self.participants), self.degree)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form."""
+    def _flat_extra(self) -> dict[str, Any]:
         segs = self.quant.segments
         return {
-            "round_id": self.round_id,
-            "participants": list(self.participants),
-            "threshold": self.threshold,
             "neighbourhood": "all" if self.degree is None else "regular",
             "degree": 0 if self.degree is None else self.degree,
-            "graph_seed": self.graph_seed,
             "bits": self.quant.bits,
             "segment_names": [s.name for s in segs],
             "segment_lengths": [s.length for s in segs],
@@ -165,22 +252,13 @@ class Setup:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Setup:
-        """Validated inverse of :meth:`to_dict`."""
+    def _parse_extra(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         kind = "Setup"
-        d = _read(data, kind, cls.KEYS)
-        neighbourhood = d["neighbourhood"]
+        neighbourhood = data["neighbourhood"]
         if neighbourhood not in ("all", "regular"):
             raise _fail(kind, "neighbourhood", "must be 'all' or 'regular'")
-        degree = None if neighbourhood == "all" else _check_int(kind, "degree", d["degree"], 1)
-        return cls(
-            round_id=_check_int(kind, "round_id", d["round_id"]),
-            participants=_check_ids(kind, "participants", d["participants"]),
-            threshold=_check_int(kind, "threshold", d["threshold"], 1),
-            degree=degree,
-            graph_seed=_check_bytes(kind, "graph_seed", d["graph_seed"], GRAPH_SEED_BYTES),
-            quant=_read_quant(kind, d),
-        )
+        degree = None if neighbourhood == "all" else _check_int(kind, "degree", data["degree"], 1)
+        return {"degree": degree, "quant": _read_quant(kind, data)}
 
 
 def _read_quant(kind: str, d: Mapping[str, Any]) -> QuantConfig:
@@ -189,8 +267,8 @@ def _read_quant(kind: str, d: Mapping[str, Any]) -> QuantConfig:
     for key in keys:
         if not isinstance(d[key], list | tuple):
             raise _fail(kind, key, "must be a list")
-        columns.append(list(d[key]))
-    _check_same_length(kind, keys, *columns)
+        columns.append(tuple(d[key]))
+    _same_length(kind, *zip(keys, columns, strict=True))
     try:
         segments = tuple(
             SegmentSpec(
@@ -220,92 +298,69 @@ def _check_float(kind: str, key: str, value: object) -> float:
 
 
 @dataclass(frozen=True)
-class AdvertiseKeys:
-    """Stage 1, client -> server: two fresh X25519 public keys (raw 32 bytes)."""
+class AdvertiseKeys(_Codec):
+    """Stage 1, client -> server: two fresh X25519 public keys, signed with the device's identity key.
+
+    ``signature`` covers :func:`fedrec.secagg.crypto.identity.advert_statement`
+    (round, stage, node, both keys, ``certificate``).
+    """
 
     round_id: int
     node_id: int
     c_pk: bytes
     s_pk: bytes
+    certificate: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
 
-    KEYS = ("round_id", "node_id", "c_pk", "s_pk")
-
-    def __post_init__(self) -> None:
-        kind = "AdvertiseKeys"
-        _check_int(kind, "round_id", self.round_id)
-        _check_int(kind, "node_id", self.node_id)
-        _check_bytes(kind, "c_pk", self.c_pk, KEY_BYTES)
-        _check_bytes(kind, "s_pk", self.s_pk, KEY_BYTES)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form."""
-        return {
-            "round_id": self.round_id,
-            "node_id": self.node_id,
-            "c_pk": self.c_pk,
-            "s_pk": self.s_pk,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AdvertiseKeys:
-        """Validated inverse of :meth:`to_dict`."""
-        d = _read(data, "AdvertiseKeys", cls.KEYS)
-        return cls(round_id=d["round_id"], node_id=d["node_id"], c_pk=d["c_pk"], s_pk=d["s_pk"])
+    FIELDS = (Field("round_id", "u64"), Field("node_id", "u64"), Field("c_pk", "bytes", KEY_BYTES),
+              Field("s_pk", "bytes", KEY_BYTES), Field("certificate", "bytes", CERTIFICATE_BYTES),
+              Field("signature", "bytes", SIGNATURE_BYTES))
 
 
 @dataclass(frozen=True)
-class PeerKeys:
-    """Stage 2, server -> client: public keys of its neighbours still in the round."""
+class PeerKeys(_Codec):
+    """Stage 2, server -> client: every advertiser's digest, and its neighbours' signed advertisements.
+
+    ``advertisers``/``digests`` list every node whose advertisement the server
+    accepted (the graph seed hashes them); ``peers`` and the parallel lists are
+    the advertisements of this node's neighbours among them.
+    """
 
     round_id: int
     node_id: int
     peers: tuple[int, ...]
     c_pks: tuple[bytes, ...]
     s_pks: tuple[bytes, ...]
+    certificates: tuple[bytes, ...]
+    signatures: tuple[bytes, ...]
+    advertisers: tuple[int, ...]
+    digests: tuple[bytes, ...]
 
-    KEYS = ("round_id", "node_id", "peers", "c_pks", "s_pks")
+    FIELDS = (Field("round_id", "u64"), Field("node_id", "u64"), Field("peers", "ids"),
+              Field("c_pks", "bytes_list", KEY_BYTES), Field("s_pks", "bytes_list", KEY_BYTES),
+              Field("certificates", "bytes_list", CERTIFICATE_BYTES),
+              Field("signatures", "bytes_list", SIGNATURE_BYTES), Field("advertisers", "ids"),
+              Field("digests", "bytes_list", DIGEST_BYTES))
 
-    def __post_init__(self) -> None:
-        kind = "PeerKeys"
-        _check_int(kind, "round_id", self.round_id)
-        _check_int(kind, "node_id", self.node_id)
-        _check_ids(kind, "peers", self.peers)
-        _check_bytes_list(kind, "c_pks", self.c_pks, KEY_BYTES)
-        _check_bytes_list(kind, "s_pks", self.s_pks, KEY_BYTES)
-        _check_same_length(kind, ("peers", "c_pks", "s_pks"), self.peers, self.c_pks, self.s_pks)
+    def _check(self) -> None:
+        _same_length("PeerKeys", ("peers", self.peers), ("c_pks", self.c_pks), ("s_pks", self.s_pks),
+                     ("certificates", self.certificates), ("signatures", self.signatures))
+        _same_length("PeerKeys", ("advertisers", self.advertisers), ("digests", self.digests))
 
     def __repr__(self) -> str:
-        return f"PeerKeys(round_id={self.round_id}, node_id={self.node_id}, peers={self.peers})"
+        return (f"PeerKeys(round_id={self.round_id}, node_id={self.node_id}, peers={self.peers}, "
+                f"advertisers=<{len(self.advertisers)}>)")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form."""
-        return {
-            "round_id": self.round_id,
-            "node_id": self.node_id,
-            "peers": list(self.peers),
-            "c_pks": list(self.c_pks),
-            "s_pks": list(self.s_pks),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PeerKeys:
-        """Validated inverse of :meth:`to_dict`."""
-        kind = "PeerKeys"
-        d = _read(data, kind, cls.KEYS)
-        return cls(
-            round_id=d["round_id"],
-            node_id=d["node_id"],
-            peers=_check_ids(kind, "peers", d["peers"]),
-            c_pks=_check_bytes_list(kind, "c_pks", d["c_pks"], KEY_BYTES),
-            s_pks=_check_bytes_list(kind, "s_pks", d["s_pks"], KEY_BYTES),
-        )
+    def digest_map(self) -> dict[int, bytes]:
+        """``advertiser -> digest of its signed advertisement``."""
+        return dict(zip(self.advertisers, self.digests, strict=True))
 
 
 _R = TypeVar("_R", bound="_Routed")
 
 
 @dataclass(frozen=True, repr=False)
-class _Routed:
+class _Routed(_Codec):
     """Ciphertexts keyed by the other endpoint's node id."""
 
     round_id: int
@@ -313,19 +368,14 @@ class _Routed:
     ids: tuple[int, ...]
     ciphertexts: tuple[bytes, ...]
 
-    KIND = "_Routed"
-    IDS_KEY = "ids"
+    IDS_KEY: ClassVar[str] = "ids"
 
-    def __post_init__(self) -> None:
-        _check_int(self.KIND, "round_id", self.round_id)
-        _check_int(self.KIND, "node_id", self.node_id)
-        _check_ids(self.KIND, self.IDS_KEY, self.ids)
-        _check_bytes_list(self.KIND, "ciphertexts", self.ciphertexts, CIPHERTEXT_BYTES)
-        _check_same_length(self.KIND, (self.IDS_KEY, "ciphertexts"), self.ids, self.ciphertexts)
+    def _check(self) -> None:
+        _same_length(type(self).__name__, (self.IDS_KEY, self.ids), ("ciphertexts", self.ciphertexts))
 
     def __repr__(self) -> str:
         return (
-            f"{self.KIND}(round_id={self.round_id}, node_id={self.node_id}, "
+            f"{type(self).__name__}(round_id={self.round_id}, node_id={self.node_id}, "
             f"{self.IDS_KEY}={self.ids}, ciphertexts=<{len(self.ciphertexts)}>)"
         )
 
@@ -333,42 +383,24 @@ class _Routed:
         """``other node id -> ciphertext``."""
         return dict(zip(self.ids, self.ciphertexts, strict=True))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form."""
-        return {
-            "round_id": self.round_id,
-            "node_id": self.node_id,
-            self.IDS_KEY: list(self.ids),
-            "ciphertexts": list(self.ciphertexts),
-        }
-
     @classmethod
     def from_mapping(cls: type[_R], *, round_id: int, node_id: int, ciphertexts: Mapping[int, bytes]) -> _R:
         """Build from ``other node id -> ciphertext`` (ids sorted)."""
         ids = tuple(sorted(ciphertexts))
         return cls(round_id=round_id, node_id=node_id, ids=ids, ciphertexts=tuple(ciphertexts[i] for i in ids))
 
-    @classmethod
-    def from_dict(cls: type[_R], data: Mapping[str, Any]) -> _R:
-        """Validated inverse of :meth:`to_dict`."""
-        d = _read(data, cls.KIND, ("round_id", "node_id", cls.IDS_KEY, "ciphertexts"))
-        return cls(
-            round_id=d["round_id"],
-            node_id=d["node_id"],
-            ids=_check_ids(cls.KIND, cls.IDS_KEY, d[cls.IDS_KEY]),
-            ciphertexts=_check_bytes_list(cls.KIND, "ciphertexts", d["ciphertexts"], CIPHERTEXT_BYTES),
-        )
+
+def _routed_fields(ids_key: str) -> tuple[Field, ...]:
+    return (Field("round_id", "u64"), Field("node_id", "u64"), Field("ids", "ids", key=ids_key),
+            Field("ciphertexts", "bytes_list", CIPHERTEXT_BYTES))
 
 
 @dataclass(frozen=True, repr=False)
 class ShareKeys(_Routed):
-    """Stage 2, client -> server: one encrypted share pair per receiving neighbour.
+    """Stage 2, client -> server: one encrypted share pair per receiving neighbour (``ids``: receivers)."""
 
-    ``ids`` are the receivers (``to_dict`` key ``"receivers"``).
-    """
-
-    KIND = "ShareKeys"
     IDS_KEY = "receivers"
+    FIELDS = _routed_fields("receivers")
 
     @property
     def receivers(self) -> tuple[int, ...]:
@@ -376,16 +408,12 @@ class ShareKeys(_Routed):
         return self.ids
 
 
-
 @dataclass(frozen=True, repr=False)
 class RoutedShares(_Routed):
-    """Stage 3, server -> client: the share ciphertexts addressed to it.
+    """Stage 3, server -> client: the share ciphertexts addressed to it (``ids``: senders)."""
 
-    ``ids`` are the senders (``to_dict`` key ``"senders"``).
-    """
-
-    KIND = "RoutedShares"
     IDS_KEY = "senders"
+    FIELDS = _routed_fields("senders")
 
     @property
     def senders(self) -> tuple[int, ...]:
@@ -393,27 +421,15 @@ class RoutedShares(_Routed):
         return self.ids
 
 
-
 @dataclass(frozen=True, eq=False)
-class MaskedInput:
+class MaskedInput(_Codec):
     """Stage 3, client -> server: the masked vector over Z_{2^b} (uint32/uint64)."""
 
     round_id: int
     node_id: int
     masked: np.ndarray
 
-    KEYS = ("round_id", "node_id", "masked")
-
-    def __post_init__(self) -> None:
-        kind = "MaskedInput"
-        _check_int(kind, "round_id", self.round_id)
-        _check_int(kind, "node_id", self.node_id)
-        if not isinstance(self.masked, np.ndarray):
-            raise _fail(kind, "masked", f"must be a numpy array, got {type(self.masked).__name__}")
-        if self.masked.ndim != 1:
-            raise _fail(kind, "masked", f"must be 1-D, got shape {self.masked.shape}")
-        if self.masked.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
-            raise _fail(kind, "masked", f"dtype {self.masked.dtype} is not uint32 or uint64")
+    FIELDS = (Field("round_id", "u64"), Field("node_id", "u64"), Field("masked", "uint_array"))
 
     def __repr__(self) -> str:
         return (
@@ -421,19 +437,9 @@ class MaskedInput:
             f"masked=<{self.masked.dtype}[{self.masked.shape[0]}]>)"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form (the vector stays a numpy array)."""
-        return {"round_id": self.round_id, "node_id": self.node_id, "masked": self.masked}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MaskedInput:
-        """Validated inverse of :meth:`to_dict`."""
-        d = _read(data, "MaskedInput", cls.KEYS)
-        return cls(round_id=d["round_id"], node_id=d["node_id"], masked=d["masked"])
-
 
 @dataclass(frozen=True)
-class UnmaskRequest:
+class UnmaskRequest(_Codec):
     """Stage 4, server -> surviving client: which neighbours survived or dropped."""
 
     round_id: int
@@ -441,39 +447,12 @@ class UnmaskRequest:
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
 
-    KEYS = ("round_id", "node_id", "survivors", "dropped")
-
-    def __post_init__(self) -> None:
-        kind = "UnmaskRequest"
-        _check_int(kind, "round_id", self.round_id)
-        _check_int(kind, "node_id", self.node_id)
-        _check_ids(kind, "survivors", self.survivors)
-        _check_ids(kind, "dropped", self.dropped)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form."""
-        return {
-            "round_id": self.round_id,
-            "node_id": self.node_id,
-            "survivors": list(self.survivors),
-            "dropped": list(self.dropped),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UnmaskRequest:
-        """Validated inverse of :meth:`to_dict`."""
-        kind = "UnmaskRequest"
-        d = _read(data, kind, cls.KEYS)
-        return cls(
-            round_id=d["round_id"],
-            node_id=d["node_id"],
-            survivors=_check_ids(kind, "survivors", d["survivors"]),
-            dropped=_check_ids(kind, "dropped", d["dropped"]),
-        )
+    FIELDS = (Field("round_id", "u64"), Field("node_id", "u64"), Field("survivors", "ids"),
+              Field("dropped", "ids"))
 
 
 @dataclass(frozen=True)
-class UnmaskResponse:
+class UnmaskResponse(_Codec):
     """Stage 4, client -> server: shares of ``b`` for survivors, of ``s_sk`` for dropped.
 
     Shares are 66-byte big-endian field elements; the repr shows only counts.
@@ -486,48 +465,18 @@ class UnmaskResponse:
     dropped: tuple[int, ...]
     key_shares: tuple[bytes, ...]
 
-    KEYS = ("round_id", "node_id", "survivors", "seed_shares", "dropped", "key_shares")
+    FIELDS = (Field("round_id", "u64"), Field("node_id", "u64"), Field("survivors", "ids"),
+              Field("seed_shares", "bytes_list", ELEMENT_BYTES), Field("dropped", "ids"),
+              Field("key_shares", "bytes_list", ELEMENT_BYTES))
 
-    def __post_init__(self) -> None:
-        kind = "UnmaskResponse"
-        _check_int(kind, "round_id", self.round_id)
-        _check_int(kind, "node_id", self.node_id)
-        _check_ids(kind, "survivors", self.survivors)
-        _check_ids(kind, "dropped", self.dropped)
-        _check_bytes_list(kind, "seed_shares", self.seed_shares, ELEMENT_BYTES)
-        _check_bytes_list(kind, "key_shares", self.key_shares, ELEMENT_BYTES)
-        _check_same_length(kind, ("survivors", "seed_shares"), self.survivors, self.seed_shares)
-        _check_same_length(kind, ("dropped", "key_shares"), self.dropped, self.key_shares)
+    def _check(self) -> None:
+        _same_length("UnmaskResponse", ("survivors", self.survivors), ("seed_shares", self.seed_shares))
+        _same_length("UnmaskResponse", ("dropped", self.dropped), ("key_shares", self.key_shares))
 
     def __repr__(self) -> str:
         return (
             f"UnmaskResponse(round_id={self.round_id}, node_id={self.node_id}, "
             f"survivors={self.survivors}, dropped={self.dropped}, shares=<redacted>)"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat record-compatible form."""
-        return {
-            "round_id": self.round_id,
-            "node_id": self.node_id,
-            "survivors": list(self.survivors),
-            "seed_shares": list(self.seed_shares),
-            "dropped": list(self.dropped),
-            "key_shares": list(self.key_shares),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UnmaskResponse:
-        """Validated inverse of :meth:`to_dict`."""
-        kind = "UnmaskResponse"
-        d = _read(data, kind, cls.KEYS)
-        return cls(
-            round_id=d["round_id"],
-            node_id=d["node_id"],
-            survivors=_check_ids(kind, "survivors", d["survivors"]),
-            seed_shares=_check_bytes_list(kind, "seed_shares", d["seed_shares"], ELEMENT_BYTES),
-            dropped=_check_ids(kind, "dropped", d["dropped"]),
-            key_shares=_check_bytes_list(kind, "key_shares", d["key_shares"], ELEMENT_BYTES),
         )
 
 
@@ -565,6 +514,17 @@ def coerce(cls: type[M], message: object) -> M:
     raise SecAggMessageError(
         f"expected {cls.__name__} or its dict form, got {type(message).__name__}"
     )
+
+
+def setup_digest(setup: Setup) -> bytes:
+    """SHA-256 of a setup in canonical form; every advertisement signs it (a split view is refused).
+
+    ``b"fedrec-secagg setup v1\\0"`` then :meth:`Setup.to_dict` as UTF-8 JSON
+    with sorted keys, no spaces, bytes as lowercase hex (pinned by a known-answer test).
+    """
+    form = {k: v.hex() if isinstance(v, bytes) else v for k, v in setup.to_dict().items()}
+    text = json.dumps(form, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"fedrec-secagg setup v1\x00" + text.encode()).digest()
 
 
 def payload_size(message: Message) -> int:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedrec.secagg.errors import SecAggConfigError, SecAggMessageError
+from fedrec.errors import SecAggConfigError, SecAggMessageError
 
 __all__ = ["QuantConfig", "SegmentSpec", "dequantize", "quantize"]
 
@@ -216,10 +216,11 @@ def _quantize_segment(
     v = np.clip(values, spec.lo, spec.hi)  # in place from here on: vectors are long, temporaries cost
     v -= spec.lo
     v *= spec.scale
-    q = np.floor(v)
+    q: np.ndarray = np.floor(v)
     v -= q  # the fractional part: round up with that probability
     q += rng.random(v.shape) < v
-    return np.clip(q, 0, spec.max_level(), out=q)
+    np.clip(q, 0, spec.max_level(), out=q)
+    return q
 
 
 def dequantize(total: np.ndarray, config: QuantConfig, *, n_clients: int) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ def save_checkpoint(path: Path, state: ServerState, *, extra: dict[str, Any] | N
     arrays = {**state.glob.arrays(), **{_OPT_PREFIX + k: v for k, v in state.optimizer.state_arrays().items()}}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as one array-like
     atomic_write_bytes(Path(path), buf.getvalue())
 
 

@@ -20,10 +20,12 @@ from fedrec.data.interactions import Interactions
 from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig, MFModel, recency_weights
 from fedrec.model.params import GlobalParams, UserTable
+from fedrec.train.als import ALSConfig, train_als
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+SOLVERS = ("sgd", "als")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class CentralConfig:
     batch_size: int = 512
     lr_decay: float = 1.0
     seed: int = 0
+    solver: str = "sgd"
+    """``"sgd"`` (mini-batch SGD, below) or ``"als"`` (:mod:`fedrec.train.als`, ``epochs`` sweeps).
+    The full-catalogue implicit loss ``"wrmf"`` is always fitted by ALS."""
+    cg_steps: int = 3
+    """ALS only: conjugate-gradient steps per half-sweep (0: exact solves)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -43,6 +50,8 @@ class CentralConfig:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch-size: must be >= 1, got {self.batch_size}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"train.solver: {self.solver!r} is not one of {SOLVERS}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train.lr-decay: must be in (0, 1], got {self.lr_decay}")
 
@@ -56,19 +65,39 @@ CENTRAL_PRESETS: dict[str, CentralConfig] = {
 }
 
 
+# The ALS trainers (fedrec.train.als) with their models, chosen on the same validation splits
+# (python -m simulations.tune_e1 --als; python -m simulations.tune_implicit). E1: biased MF by ALS;
+# R1: the weighted full-catalogue implicit loss ("wrmf"), whose negatives are the whole catalogue.
+ALS_PRESETS: dict[str, tuple[MFConfig, CentralConfig]] = {
+    "E1": (MFConfig(kind="explicit", dim=64, reg=0.14, bias_reg=0.12), CentralConfig(epochs=15, solver="als")),
+    "R1": (MFConfig(kind="implicit", loss="wrmf", dim=64, reg=10.0, confidence=1.0, recency_boost=4.0,
+                    recency_scale=5.0), CentralConfig(epochs=15, solver="als")),
+}
+
+
 def train_central(train: Interactions, model: MFConfig, trainer: CentralConfig | None = None,
-                  *, progress: ProgressFn | None = None) -> MFModel:
-    """Fit a model on all of ``train``; returns GLOBAL and LOCAL parameters together."""
+                  *, progress: ProgressFn | None = None, weights: np.ndarray | None = None) -> MFModel:
+    """Fit a model on all of ``train``; returns GLOBAL and LOCAL parameters together.
+
+    ``weights`` (optional, one per interaction, e.g. from play counts) scale
+    each interaction's term: its confidence for ``"wrmf"``, its loss otherwise.
+    """
     trainer = trainer or CentralConfig()
+    if trainer.solver == "als" or model.loss == "wrmf" and model.kind == "implicit":
+        return train_als(train, model, ALSConfig(iterations=trainer.epochs, cg_steps=trainer.cg_steps,
+                                                 seed=trainer.seed), weights=weights, progress=progress)
+    if weights is not None and len(weights) != len(train):
+        raise ConfigError(f"weights: {len(weights)} values for {len(train)} interactions")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # batches are tiny: intra-op threads only add contention
     try:
-        return _train(train, model, trainer, progress)
+        return _train(train, model, trainer, progress, weights)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progress: ProgressFn | None) -> MFModel:
+def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progress: ProgressFn | None,
+           extra: np.ndarray | None) -> MFModel:
     torch.manual_seed(trainer.seed)
     gen = torch.Generator().manual_seed(trainer.seed)
     mu = float(train.ratings.mean()) if model.kind == "explicit" and len(train) else 0.0
@@ -77,22 +106,24 @@ def _train(train: Interactions, model: MFConfig, trainer: CentralConfig, progres
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, trainer.lr_decay)
     users, items = torch.from_numpy(train.users), torch.from_numpy(train.items)
     ratings = torch.from_numpy(train.ratings)
-    weights = None
+    weights = None if extra is None else torch.from_numpy(np.asarray(extra, np.float32))
     if model.kind == "implicit" and model.recency_boost > 0:
-        weights = torch.from_numpy(
+        recency = torch.from_numpy(
             recency_weights(train.users, train.items, train.timestamps, model).astype(np.float32))
+        weights = recency if weights is None else weights * recency
     start = time.perf_counter()
     for epoch in range(trainer.epochs):
         perm = torch.randperm(len(train), generator=gen)
         for s in range(0, len(train), trainer.batch_size):
             b = perm[s:s + trainer.batch_size]
             if model.kind == "explicit":
-                loss = _explicit_loss(params, users[b], items[b], ratings[b], mu, model)
+                loss = _explicit_loss(params, users[b], items[b], ratings[b], mu, model,
+                                      None if weights is None else weights[b])
             else:
                 loss = _implicit_loss(params, users[b], items[b], train.n_items, model, gen,
                                       None if weights is None else weights[b])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch declares Tensor.backward without types
             opt.step()
         sched.step()
         if progress:
@@ -112,10 +143,11 @@ def _init_params(n_users: int, n_items: int, cfg: MFConfig, seed: int) -> dict[s
 
 
 def _explicit_loss(params: dict[str, torch.nn.Parameter], u: torch.Tensor, i: torch.Tensor,
-                   r: torch.Tensor, mu: float, cfg: MFConfig) -> torch.Tensor:
+                   r: torch.Tensor, mu: float, cfg: MFConfig, weights: torch.Tensor | None = None) -> torch.Tensor:
     p, q, bu, bi = params["P"][u], params["Q"][i], params["bu"][u], params["bi"][i]
     err = r - (mu + bu + bi + (p * q).sum(1))
-    return ((err * err).sum() + cfg.reg * ((p * p).sum() + (q * q).sum())
+    sq = err * err if weights is None else weights * err * err
+    return (sq.sum() + cfg.reg * ((p * p).sum() + (q * q).sum())
             + cfg.bias_reg * ((bu * bu).sum() + (bi * bi).sum()))
 
 

@@ -17,7 +17,8 @@ factor and those rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig, recency_weights
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.train.foldin import fold_in
+from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class LocalConfig:
         Re-solve the user factor in closed form before the steps (explicit only).
     """
 
-    steps: int = 5
-    lr: float = 0.1
+    steps: int = 10
+    lr: float = 0.05
     user_lr: float = 0.05
     fold_in: bool = True
 
@@ -72,24 +74,60 @@ class LocalUpdate:
     counts: np.ndarray
     n_rows: int
     loss: float
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    """Further summed segments of models that need them (``"wrmf"``: :data:`fedrec.wire.WRMF_SEGMENTS`)."""
 
     def segments(self) -> dict[str, np.ndarray]:
         """The arrays that are summed across devices, by name."""
-        return {"item_factors": self.item_factors, "item_bias": self.item_bias, "counts": self.counts}
+        return {"item_factors": self.item_factors, "item_bias": self.item_bias, "counts": self.counts,
+                **self.extra}
 
 
 def local_update(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray, *,
                  model: MFConfig, config: LocalConfig, rng: np.random.Generator,
-                 timestamps: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
+                 timestamps: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
     """Train on one device's rows; return its dense update and its new LOCAL state.
 
     ``timestamps`` (implicit only, never sent) order the rows for the model's
-    recency weights; without them every positive weighs 1.
+    recency weights; without them every positive weighs 1. ``weights``
+    (implicit only, never sent; e.g. from play counts) multiply them.
     """
     items = np.asarray(items, np.int64)
     if model.kind == "explicit":
         return _explicit_step(glob, local, items, np.asarray(ratings, np.float64), model, config)
-    return _implicit_step(glob, local, items, model, config, rng, timestamps)
+    if model.loss == "wrmf":
+        return wrmf_step(glob, items, model, timestamps, weights)
+    return _implicit_step(glob, local, items, model, config, rng, timestamps, weights)
+
+
+def wrmf_step(glob: GlobalParams, items: np.ndarray, model: MFConfig, timestamps: np.ndarray | None,
+              weights: np.ndarray | None) -> tuple[LocalUpdate, LocalParams]:
+    """The device's part of federated ``"wrmf"`` (Ammad-ud-din et al. 2019, FCF).
+
+    The user factor is solved exactly against the current table,
+    ``p = (Q^T Q + Q_u^T (C_u - I) Q_u + reg I)^{-1} Q_u^T c_u`` (``Q^T Q`` is
+    :attr:`GlobalParams.gram`, public). The item gradient of the loss splits
+    into a full-catalogue part, ``(sum_u p_u p_u^T) q_i`` for every item, which
+    the server forms from the summed ``p p^T`` segment alone, and a part on the
+    user's positives, ``((c - 1) s - c) p`` with ``s = p.q_i``: the device sends
+    minus that part (a descent direction, dense over the catalogue like any
+    update), ``p p^T``, and the touched rows' curvature trace ``(c - 1)|p|^2``,
+    all through the same secure sum. Biases are not part of the model (zero).
+    """
+    positives, w = _positive_weights(items, timestamps, model, weights)
+    c = 1.0 + model.confidence * w
+    q = glob.item_factors[positives].astype(np.float64)
+    a = glob.gram + q.T @ ((c - 1.0)[:, None] * q) + model.reg * np.eye(glob.dim)
+    p = np.linalg.solve(a, q.T @ c)
+    s = q @ p
+    direction = -((c - 1.0) * s - c)[:, None] * p[None, :]
+    update = _dense(glob, positives, glob.item_factors[positives] + direction, glob.item_bias[positives],
+                    float((c * (1.0 - s) ** 2).sum() / max(len(positives), 1)))
+    curvature = np.zeros(glob.n_items, np.float32)
+    curvature[positives] = (c - 1.0) * float(p @ p)
+    extra = {ARRAY_USER_GRAM: np.outer(p, p).astype(np.float32).reshape(-1), ARRAY_ITEM_CURVATURE: curvature}
+    return dataclasses.replace(update, extra=extra), LocalParams(p.astype(np.float32), 0.0)
 
 
 def _explicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray,
@@ -117,8 +155,8 @@ def _explicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, ra
 
 
 def _implicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, model: MFConfig,
-                   config: LocalConfig, rng: np.random.Generator,
-                   timestamps: np.ndarray | None) -> tuple[LocalUpdate, LocalParams]:
+                   config: LocalConfig, rng: np.random.Generator, timestamps: np.ndarray | None,
+                   weights: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
     """Full-batch steps of the loss :func:`fedrec.train.central._implicit_loss` takes per positive.
 
     The negatives are drawn once per round, distinct and outside the positives;
@@ -126,7 +164,7 @@ def _implicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, mo
     weighs ``neg_weight * sum(positive weights) / n_negatives``. For BPR the
     negatives are dealt to the positives in turn, one pair each.
     """
-    positives, weights = _positive_weights(items, timestamps, model)
+    positives, weights = _positive_weights(items, timestamps, model, weights)
     n_pos = len(positives)
     negatives = sample_negatives(glob.n_items, positives, model.negatives * n_pos, rng)
     n_neg = len(negatives)
@@ -151,15 +189,21 @@ def _implicit_step(glob: GlobalParams, local: LocalParams, items: np.ndarray, mo
     return _dense(glob, rows, q, b, loss), LocalParams(p.astype(np.float32), float(bu))
 
 
-def _positive_weights(items: np.ndarray, timestamps: np.ndarray | None,
-                      model: MFConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct positives and their weights (an item seen twice keeps its larger weight)."""
+def _positive_weights(items: np.ndarray, timestamps: np.ndarray | None, model: MFConfig,
+                      row_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct positives and their weights (an item seen twice keeps its larger weight).
+
+    A row's weight is its recency weight (when the model uses recency and
+    timestamps are given) times its ``row_weights`` entry (default 1).
+    """
     positives, inverse = np.unique(items, return_inverse=True)
-    weights = np.ones(len(positives))
+    per_row = np.ones(len(items))
     if timestamps is not None and model.recency_boost > 0 and len(items):
         per_row = recency_weights(np.zeros(len(items), np.int64), items, np.asarray(timestamps), model)
-        weights = np.zeros(len(positives))
-        np.maximum.at(weights, inverse.reshape(-1), per_row)
+    if row_weights is not None:
+        per_row = per_row * np.asarray(row_weights, np.float64)
+    weights = np.zeros(len(positives))
+    np.maximum.at(weights, inverse.reshape(-1), per_row)
     return positives, weights
 
 

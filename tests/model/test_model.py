@@ -42,7 +42,7 @@ def test_scoring_rule_is_shared_by_device_and_model() -> None:
     rng = np.random.default_rng(0)
     glob = GlobalParams(rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=6).astype(np.float32), 3.0)
     users = UserTable(rng.normal(size=(2, 3)).astype(np.float32), np.array([0.5, -0.2], np.float32))
-    model = MFModel(MFConfig(dim=3), glob, users)
+    model = MFModel(MFConfig(dim=3, reg=0.1, bias_reg=0.1), glob, users)
     np.testing.assert_allclose(model.score_block(np.array([1]))[0], score_items(glob, users.local(1)), rtol=1e-6)
     np.testing.assert_allclose(model.predict(np.array([1, 1]), np.array([2, 4])),
                                score_items(glob, users.local(1))[[2, 4]], rtol=1e-6)

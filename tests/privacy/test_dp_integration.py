@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opacus.accountants import RDPAccountant
+from testkit import opacus_epsilon
 
 from fedrec import wire
 from fedrec.data.interactions import Dataset
@@ -28,18 +28,12 @@ from fedrec.train.aggregate import RoundSums, ServerOptConfig, pseudo_gradient
 from fedrec.train.local import LocalConfig
 
 DELTA = 1e-5
-MODEL = MFConfig(dim=4, reg=0.05)
-LOCAL = LocalConfig()
+MODEL = MFConfig(dim=4, reg=0.05, bias_reg=0.1)
+LOCAL = LocalConfig(steps=5, lr=0.1)
 
 
 def _opacus_epsilon(phases: list[tuple[float, float, int]], delta: float = DELTA) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        accountant = RDPAccountant()
-        for sigma, q, steps in phases:
-            for _ in range(steps):
-                accountant.step(noise_multiplier=sigma, sample_rate=q)
-        return float(accountant.get_epsilon(delta=delta))
+    return opacus_epsilon(phases, delta)
 
 
 def _source(dataset: Dataset, user: int = 0) -> PartitionSource:
@@ -142,7 +136,7 @@ def test_evaluation_under_rating_dp_folds_in_locally(small_explicit: Dataset) ->
     device_train(source, state, glob, model=MODEL, local=LOCAL, seed=0, round_=1, privacy=plan)
     refolded = device_evaluate(source, state, glob, model=MODEL, local=LOCAL, scale=(1.0, 5.0), seed=0,
                                privacy=plan)
-    stored = device_evaluate(source, state, glob, model=MODEL, local=LocalConfig(fold_in=False),
+    stored = device_evaluate(source, state, glob, model=MODEL, local=LocalConfig(fold_in=False, steps=5, lr=0.1),
                              scale=(1.0, 5.0), seed=0, privacy=plan)
     assert refolded.result()["rmse"] != stored.result()["rmse"]
 
@@ -189,7 +183,7 @@ def _user_run(dataset: Dataset, *, rounds: int, plan_rounds: int, epsilon: float
               q: float = 0.5) -> tuple[PrivacyPlan, list[dict[str, Any]]]:
     dp = DPConfig(unit="user", epsilon=epsilon, delta=1 / 150, clip=0.5, cohort_rate=q)
     plan = build_plan(dp, rounds=plan_rounds, lr=0.1)
-    fed = FedConfig(rounds=rounds, eval_every=1, averaging="fedavg")
+    fed = FedConfig(rounds=rounds, eval_every=1, averaging="fedavg", local=LocalConfig(steps=5, lr=0.1))
     _, history = run_reference(dataset, MODEL, fed, privacy=plan)
     return plan, history
 
@@ -261,13 +255,14 @@ def _pre_privacy_reference(dataset: Dataset, model: MFConfig, fed: FedConfig) ->
 @pytest.mark.parametrize("case", ["explicit", "explicit-half-cohort", "implicit"])
 def test_reference_without_dp_is_unchanged(case: str, small_explicit: Dataset, small_implicit: Dataset) -> None:
     if case == "implicit":
-        data, model = small_implicit, MFConfig(kind="implicit", dim=8, negatives=4)
-        fed = FedConfig(rounds=4, eval_every=2, cohort=0.5)
+        data, model = small_implicit, MFConfig(kind="implicit", dim=8, negatives=4, reg=0.1, bias_reg=0.1)
+        fed = FedConfig(rounds=4, eval_every=2, cohort=0.5, local=LocalConfig(steps=5, lr=0.1))
     elif case == "explicit":
-        data, model, fed = small_explicit, MFConfig(dim=8), FedConfig(rounds=5, eval_every=2)
+        data, model = small_explicit, MFConfig(dim=8, reg=0.1, bias_reg=0.1)
+        fed = FedConfig(rounds=5, eval_every=2, local=LocalConfig(steps=5, lr=0.1))
     else:
-        data, model = small_explicit, MFConfig(dim=8)
-        fed = FedConfig(rounds=4, eval_every=2, cohort=0.5, local=LocalConfig(fold_in=False),
+        data, model = small_explicit, MFConfig(dim=8, reg=0.1, bias_reg=0.1)
+        fed = FedConfig(rounds=4, eval_every=2, cohort=0.5, local=LocalConfig(fold_in=False, steps=5, lr=0.1),
                         server=ServerOptConfig(name="adam", lr=0.1))
     _, history = run_reference(data, model, fed)
     assert history == _pre_privacy_reference(data, model, fed)
@@ -291,7 +286,7 @@ def test_reference_rating_level_rows_report_spent_budgets(small_explicit: Datase
 
 def test_reference_refuses_item_averaging_under_dp(small_explicit: Dataset) -> None:
     with pytest.raises(ConfigError, match="strategy.averaging"):
-        run_reference(small_explicit, MODEL, FedConfig(rounds=1), privacy=_user_plan())
+        run_reference(small_explicit, MODEL, FedConfig(rounds=1, local=LOCAL), privacy=_user_plan())
 
 
 def test_expected_cohort_divides_the_noisy_sum() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
+from testkit import opacus_epsilon
 
 from fedrec.errors import BudgetExhaustedError, PrivacyError
 from fedrec.privacy.accounting import PrivacyAccountant, epsilon_of, merge_step
@@ -20,13 +20,7 @@ DELTA = 1e-5
 
 def _opacus_epsilon(cls: type, phases: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon from an Opacus accountant stepped one invocation at a time."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        accountant = cls()
-        for sigma, q, steps in phases:
-            for _ in range(steps):
-                accountant.step(noise_multiplier=sigma, sample_rate=q)
-        return float(accountant.get_epsilon(delta=delta))
+    return opacus_epsilon(phases, delta, accountant=cls)
 
 
 def _facade(kind: str, phases: list[tuple[float, float, int]]) -> PrivacyAccountant:

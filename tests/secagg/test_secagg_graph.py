@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.secagg.errors import SecAggConfigError
+from fedrec.errors import SecAggConfigError
 from fedrec.secagg.graph import build_graph, check_threshold, degree_of, neighbours_of
 
 SEED = bytes(range(32))

@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedrec.secagg.errors import SecAggMessageError
-from fedrec.secagg.field import ELEMENT_BYTES, PRIME
-from fedrec.secagg.keys import CIPHERTEXT_BYTES
+from fedrec.errors import SecAggMessageError
+from fedrec.secagg.crypto.identity import CERTIFICATE_BYTES, SIGNATURE_BYTES
+from fedrec.secagg.crypto.keys import CIPHERTEXT_BYTES
+from fedrec.secagg.crypto.shamir import ELEMENT_BYTES, PRIME
 from fedrec.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
@@ -36,6 +37,7 @@ QUANT = QuantConfig(
 def all_messages() -> list[Any]:
     ct = bytes(CIPHERTEXT_BYTES)
     share = (PRIME - 1).to_bytes(ELEMENT_BYTES, "big")
+    cert = bytes(CERTIFICATE_BYTES)
     return [
         Setup(
             round_id=9,
@@ -53,15 +55,21 @@ def all_messages() -> list[Any]:
             graph_seed=b"\x01" * 32,
             quant=QUANT,
         ),
-        AdvertiseKeys(round_id=9, node_id=BIG, c_pk=b"\x01" * 32, s_pk=b"\x02" * 32),
+        AdvertiseKeys(round_id=9, node_id=BIG, c_pk=b"\x01" * 32, s_pk=b"\x02" * 32, certificate=cert,
+                      signature=b"\x03" * SIGNATURE_BYTES),
         PeerKeys(
             round_id=9,
             node_id=1,
             peers=(5, BIG),
             c_pks=(b"a" * 32, b"b" * 32),
             s_pks=(b"c" * 32, b"d" * 32),
+            certificates=(cert, cert),
+            signatures=(b"e" * SIGNATURE_BYTES, b"f" * SIGNATURE_BYTES),
+            advertisers=(1, 5, BIG),
+            digests=(b"g" * 32, b"h" * 32, b"i" * 32),
         ),
-        PeerKeys(round_id=9, node_id=1, peers=(), c_pks=(), s_pks=()),
+        PeerKeys(round_id=9, node_id=1, peers=(), c_pks=(), s_pks=(), certificates=(), signatures=(),
+                 advertisers=(), digests=()),
         ShareKeys(round_id=9, node_id=1, ids=(5, BIG), ciphertexts=(ct, ct)),
         RoutedShares(round_id=9, node_id=BIG, ids=(1,), ciphertexts=(ct,)),
         MaskedInput(round_id=9, node_id=1, masked=np.arange(8, dtype=np.uint32)),
@@ -134,6 +142,9 @@ def test_missing_and_unknown_keys_are_rejected() -> None:
         (2, {"s_pk": "x" * 32}, "must be bytes"),
         (3, {"peers": [5, 5]}, "duplicate"),
         (3, {"peers": [5]}, "equal lengths"),
+        (3, {"digests": [b"g" * 32]}, "equal lengths"),
+        (3, {"signatures": [b"e" * 63, b"f" * 64]}, "64 bytes"),
+        (2, {"certificate": b"x" * 107}, "108 bytes"),
         (5, {"ciphertexts": [b"x", b"y"]}, "bytes"),
         (7, {"masked": np.arange(8, dtype=np.int64)}, "dtype int64"),
         (7, {"masked": np.zeros((2, 4), dtype=np.uint32)}, "1-D"),

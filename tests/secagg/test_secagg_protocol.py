@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from secagg_helpers import AUTHORITY, resign
 
 from fedrec.errors import SecAggAbort
 from fedrec.secagg import (
@@ -22,8 +23,8 @@ from fedrec.secagg import (
     SegmentSpec,
     UnmaskResponse,
 )
-from fedrec.secagg.field import ELEMENT_BYTES
-from fedrec.secagg.simulate import STAGES, RoundTrace, Stage, build_cohort, run_round
+from fedrec.secagg.crypto.shamir import ELEMENT_BYTES
+from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, build_cohort, run_round
 
 LAYOUT = QuantConfig(
     segments=(
@@ -36,10 +37,7 @@ LAYOUT = QuantConfig(
 
 def make_inputs(quant: QuantConfig, ids: list[int], seed: int) -> dict[int, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return {
-        node: {s.name: rng.uniform(s.lo - 1.0, s.hi + 1.0, s.length) for s in quant.segments}
-        for node in ids
-    }
+    return {node: {s.name: rng.uniform(s.lo - 1.0, s.hi + 1.0, s.length) for s in quant.segments} for node in ids}
 
 
 def assert_sum_within_bound(
@@ -69,6 +67,7 @@ def one_round(
 ) -> tuple[AggregateResult, SecAggServer, dict[int, dict[str, np.ndarray]]]:
     ids = ids if ids is not None else [1000 + 7 * i for i in range(n)]
     server, clients = build_cohort(
+        security=None,
         round_id=seed + 1,
         participants=ids,
         threshold=threshold,
@@ -92,9 +91,7 @@ def test_complete_round_without_dropouts() -> None:
 @pytest.mark.parametrize("neighbours", ["all", 4])
 def test_one_dropout_at_each_stage(stage: Stage, neighbours: int | str) -> None:
     threshold = 4 if neighbours == "all" else 3
-    result, server, inputs = one_round(
-        8, threshold=threshold, neighbours=neighbours, drops={2: stage}
-    )
+    result, server, inputs = one_round(8, threshold=threshold, neighbours=neighbours, drops={2: stage})
     contributed = stage == "unmask"
     assert result.n_contributors == (8 if contributed else 7)
     assert (server.setup.participants[2] in result.dropped) is not contributed
@@ -136,7 +133,7 @@ def test_too_few_survivors_abort(drops: dict[int, Stage], pattern: str) -> None:
 
 def test_abort_is_final() -> None:
     server, clients = build_cohort(
-        round_id=1, participants=[1, 2, 3, 4], threshold=3, neighbours="all", quant=LAYOUT
+        security=None, round_id=1, participants=[1, 2, 3, 4], threshold=3, neighbours="all", quant=LAYOUT
     )
     with pytest.raises(SecAggAbort, match="1 clients advertised keys"):
         server.collect_keys({1: clients[1].advertise(server.setup)})
@@ -148,7 +145,7 @@ def test_abort_is_final() -> None:
 
 def test_stage_order_is_enforced() -> None:
     server, _ = build_cohort(
-        round_id=1, participants=[1, 2, 3], threshold=2, neighbours="all", quant=LAYOUT
+        security=None, round_id=1, participants=[1, 2, 3], threshold=2, neighbours="all", quant=LAYOUT
     )
     with pytest.raises(SecAggProtocolError):
         server.collect_masked({})
@@ -159,19 +156,19 @@ def test_stage_order_is_enforced() -> None:
 def test_server_settings_are_validated() -> None:
     kwargs: dict[str, Any] = {"round_id": 1, "participants": [1, 2, 3, 4, 5], "quant": LAYOUT}
     with pytest.raises(SecAggConfigError, match="majority"):
-        SecAggServer(threshold=2, neighbours="all", **kwargs)
+        SecAggServer(security=None, threshold=2, neighbours="all", **kwargs)
     with pytest.raises(SecAggConfigError):
-        SecAggServer(threshold=5, neighbours="all", **kwargs)
+        SecAggServer(security=None, threshold=5, neighbours="all", **kwargs)
     with pytest.raises(SecAggConfigError, match="both odd"):
-        SecAggServer(threshold=2, neighbours=3, **kwargs)
+        SecAggServer(security=None, threshold=2, neighbours=3, **kwargs)
     with pytest.raises(SecAggConfigError):
-        SecAggServer(threshold=2, neighbours=0, **kwargs)
+        SecAggServer(security=None, threshold=2, neighbours=0, **kwargs)
     with pytest.raises(SecAggConfigError):
-        SecAggServer(threshold=2, neighbours="all", graph_seed=b"x", **kwargs)
+        SecAggServer(security=None, threshold=2, neighbours="all", graph_seed=b"x", **kwargs)
     tight = QuantConfig(segments=(SegmentSpec.symmetric("x", 2, clip=1.0, scale=2.0**30),))
     with pytest.raises(SecAggConfigError, match="could wrap"):
-        SecAggServer(round_id=1, participants=[1, 2, 3], threshold=2, neighbours="all", quant=tight)
-    server = SecAggServer(threshold=2, neighbours=4, allow_minority_threshold=True, **kwargs)
+        SecAggServer(security=None, round_id=1, participants=[1, 2, 3], threshold=2, neighbours="all", quant=tight)
+    server = SecAggServer(security=None, threshold=2, neighbours=4, allow_minority_threshold=True, **kwargs)
     assert server.setup.degree is None
 
 
@@ -215,6 +212,7 @@ def test_secure_sum_matches_plain_sum_or_aborts(sc: dict[str, Any]) -> None:
         bits=sc["bits"],
     )
     server, clients = build_cohort(
+        security=None,
         round_id=sc["seed"],
         participants=sc["ids"],
         threshold=sc["threshold"],
@@ -224,16 +222,18 @@ def test_secure_sum_matches_plain_sum_or_aborts(sc: dict[str, Any]) -> None:
         allow_minority_threshold=sc["minority"],
     )
     inputs = make_inputs(server.setup.quant, sc["ids"], sc["seed"])
-    graph, t, drops = server.graph, sc["threshold"], sc["drops"]
+    t, drops = sc["threshold"], sc["drops"]
     u1, u3, u4 = (planned(sc["ids"], drops, s) for s in ("advertise", "mask", "unmask"))
-    must_succeed = bool(u4) and all(len(graph[i] & u4) >= t for i in u1)
     must_abort = len(u4) <= t
     try:
         result = run_round(server, clients, inputs, dropouts=drops)
     except SecAggAbort:
         event("aborted")
-        assert not must_succeed
+        graph = server.graph  # fixed once the keys are in (empty when the round aborted before)
+        assert not (graph and u4 and all(len(graph[i] & u4) >= t for i in u1))
         return
+    graph = server.graph
+    must_succeed = bool(u4) and all(len(graph[i] & u4) >= t for i in u1)
     event("completed" + (" (guaranteed)" if must_succeed else ""))
     assert not must_abort
     assert set(result.survivors) <= u3
@@ -247,6 +247,7 @@ def test_secure_sum_matches_plain_sum_or_aborts(sc: dict[str, Any]) -> None:
 def drive_to_masked(n: int = 5, threshold: int = 3, seed: int = 4, **kwargs: Any) -> Any:
     ids = [10 + i for i in range(n)]
     server, clients = build_cohort(
+        security=None,
         round_id=7,
         participants=ids,
         threshold=threshold,
@@ -359,16 +360,18 @@ def test_corrupted_shares_are_detected() -> None:
 
 def test_duplicate_public_keys_reject_both_advertisers() -> None:
     server, clients = build_cohort(
+        security=None,
         round_id=3,
         participants=[1, 2, 3, 4, 5, 6, 7, 8],
         threshold=4,
         neighbours="all",
         quant=LAYOUT,
+        authority=AUTHORITY,
     )
     adv = {i: clients[i].advertise(server.setup) for i in range(1, 9)}
-    adv[2] = type(adv[2])(round_id=3, node_id=2, c_pk=adv[1].s_pk, s_pk=adv[2].s_pk)
-    adv[3] = type(adv[3])(round_id=3, node_id=3, c_pk=adv[3].c_pk, s_pk=adv[3].c_pk)
-    adv[7] = type(adv[4])(round_id=3, node_id=7, c_pk=adv[7].c_pk, s_pk=bytes(32))
+    adv[2] = resign(adv[2], server.setup, c_pk=adv[1].s_pk)
+    adv[3] = resign(adv[3], server.setup, s_pk=adv[3].c_pk)
+    adv[7] = resign(adv[7], server.setup, s_pk=bytes(32))
     keys = server.collect_keys(adv)
     assert sorted(keys) == [4, 5, 6, 8]
     assert "low-order" in server.rejected[7]
@@ -378,7 +381,7 @@ def test_duplicate_public_keys_reject_both_advertisers() -> None:
 
 def test_share_message_with_wrong_receivers_is_rejected() -> None:
     server, clients = build_cohort(
-        round_id=3, participants=[1, 2, 3, 4, 5], threshold=3, neighbours="all", quant=LAYOUT
+        security=None, round_id=3, participants=[1, 2, 3, 4, 5], threshold=3, neighbours="all", quant=LAYOUT
     )
     ids = [1, 2, 3, 4, 5]
     keys = server.collect_keys({i: clients[i].advertise(server.setup) for i in ids})
@@ -394,6 +397,7 @@ def test_share_message_with_wrong_receivers_is_rejected() -> None:
 def test_round_trace_records_costs() -> None:
     ids = [1, 2, 3, 4]
     server, clients = build_cohort(
+        security=None,
         round_id=1,
         participants=ids,
         threshold=3,

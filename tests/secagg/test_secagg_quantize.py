@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedrec.secagg.errors import SecAggConfigError, SecAggMessageError
+from fedrec.errors import SecAggConfigError, SecAggMessageError
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec, dequantize, quantize
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from secagg_helpers import AUTHORITY, digest_of, resign, trust
 
 from fedrec.errors import SecAggError
 from fedrec.secagg import (
@@ -23,8 +24,8 @@ from fedrec.secagg import (
     Setup,
     UnmaskRequest,
 )
-from fedrec.secagg.field import element_from_bytes
-from fedrec.secagg.simulate import build_cohort, run_round
+from fedrec.secagg.crypto.shamir import element_from_bytes
+from fedrec.secagg.inprocess import build_cohort, run_round
 
 LAYOUT = QuantConfig(
     segments=(
@@ -66,6 +67,7 @@ def staged(
     **kwargs: Any,
 ) -> tuple[Any, dict[int, SecAggClient], dict[int, PeerKeys], dict[int, RoutedShares]]:
     server, clients = build_cohort(
+        security=None,
         round_id=round_id,
         participants=ids,
         threshold=threshold,
@@ -129,9 +131,7 @@ def test_ciphertext_replayed_from_another_round_is_rejected() -> None:
     _, _, _, old_routed = staged(round_id=7, seed=5)
     _, clients, _, routed = staged(round_id=8, seed=5)
     node = IDS[0]
-    replay = RoutedShares(
-        round_id=8, node_id=node, ids=old_routed[node].ids, ciphertexts=old_routed[node].ciphertexts
-    )
+    replay = RoutedShares(round_id=8, node_id=node, ids=old_routed[node].ids, ciphertexts=old_routed[node].ciphertexts)
     with pytest.raises(SecAggIntegrityError):
         clients[node].mask(replay, {"x": np.zeros(8)})
     _, clients, _, routed = staged(round_id=8, seed=5)
@@ -156,15 +156,11 @@ def test_misrouted_ciphertext_is_rejected() -> None:
 def test_shares_from_unknown_or_too_few_senders_are_refused() -> None:
     _, clients, _, routed = staged()
     node = IDS[0]
-    stranger = RoutedShares(
-        round_id=7, node_id=node, ids=(999,), ciphertexts=routed[node].ciphertexts[:1]
-    )
+    stranger = RoutedShares(round_id=7, node_id=node, ids=(999,), ciphertexts=routed[node].ciphertexts[:1])
     with pytest.raises(SecAggMessageError, match="not peers"):
         clients[node].mask(stranger, {"x": np.zeros(8)})
     _, clients, _, routed = staged()
-    few = RoutedShares(
-        round_id=7, node_id=node, ids=routed[node].ids[:2], ciphertexts=routed[node].ciphertexts[:2]
-    )
+    few = RoutedShares(round_id=7, node_id=node, ids=routed[node].ids[:2], ciphertexts=routed[node].ciphertexts[:2])
     with pytest.raises(SecAggProtocolError, match="only 2 neighbours sent shares"):
         clients[node].mask(few, {"x": np.zeros(8)})
 
@@ -226,25 +222,33 @@ def test_unmask_before_masking_is_refused() -> None:
 
 def advertised(threshold: int = 3) -> tuple[Setup, dict[int, SecAggClient], dict[int, Any]]:
     server, clients = build_cohort(
+        security=None,
         round_id=7,
         participants=IDS,
         threshold=threshold,
         neighbours="all",
         quant=SMALL,
         reproducible_seed=1,
+        authority=AUTHORITY,
     )
     adv = {i: clients[i].advertise(server.setup) for i in IDS}
     return server.setup, clients, adv
 
 
-def peer_keys(node: int, adv: dict[int, Any], **override: Any) -> PeerKeys:
-    peers = tuple(p for p in IDS if p != node)
+def peer_keys(node: int, adv: dict[int, Any], setup: Setup, **override: Any) -> PeerKeys:
+    """Node ``node``'s PeerKeys as an honest server builds it from ``adv`` (complete graph), then ``override``."""
+    advertisers = tuple(sorted(adv))
+    peers = tuple(p for p in advertisers if p != node)
     fields: dict[str, Any] = {
         "round_id": 7,
         "node_id": node,
         "peers": peers,
         "c_pks": tuple(adv[p].c_pk for p in peers),
         "s_pks": tuple(adv[p].s_pk for p in peers),
+        "certificates": tuple(adv[p].certificate for p in peers),
+        "signatures": tuple(adv[p].signature for p in peers),
+        "advertisers": advertisers,
+        "digests": tuple(digest_of(adv[p], setup) for p in advertisers),
     }
     fields.update(override)
     return PeerKeys(**fields)
@@ -264,7 +268,7 @@ def peer_keys(node: int, adv: dict[int, Any], **override: Any) -> PeerKeys:
     ],
 )
 def test_bad_peer_keys_are_refused(override: str, pattern: str) -> None:
-    _, clients, adv = advertised()
+    setup, clients, adv = advertised()
     node, peers = IDS[0], tuple(IDS[1:])
     c_pks = [adv[p].c_pk for p in peers]
     s_pks = [adv[p].s_pk for p in peers]
@@ -277,18 +281,19 @@ def test_bad_peer_keys_are_refused(override: str, pattern: str) -> None:
         s_pks[3] = c_pks[0]
     elif override == "stranger":
         changes["peers"] = (*peers[:-1], 12345)
-    elif override == "few":
-        changes = {"peers": peers[:2], "c_pks": tuple(c_pks[:2]), "s_pks": tuple(s_pks[:2])}
     elif override == "round":
         changes["round_id"] = 8
-    elif override == "zero":
-        c_pks[0] = bytes(32)
-    elif override == "zero_s":
-        s_pks[2] = bytes(32)
-    changes.setdefault("c_pks", tuple(c_pks))
-    changes.setdefault("s_pks", tuple(s_pks))
+    if override == "few":
+        adv = {p: adv[p] for p in (node, *peers[:2])}
+    elif override in ("zero", "zero_s"):  # a peer that signed a low-order key itself
+        victim = peers[0] if override == "zero" else peers[2]
+        adv = dict(adv)
+        adv[victim] = resign(adv[victim], setup, **({"c_pk": bytes(32)} if override == "zero" else {"s_pk": bytes(32)}))
+    else:
+        changes.setdefault("c_pks", tuple(c_pks))
+        changes.setdefault("s_pks", tuple(s_pks))
     with pytest.raises(SecAggError, match=pattern):
-        clients[node].share(peer_keys(node, adv, **changes))
+        clients[node].share(peer_keys(node, adv, setup, **changes))
     assert clients[node].state == "aborted"
 
 
@@ -303,16 +308,16 @@ def test_client_refuses_a_minority_threshold_and_foreign_setup() -> None:
         quant=setup.quant,
     )
     with pytest.raises(SecAggConfigError, match="majority"):
-        SecAggClient(node_id=IDS[0]).advertise(weak)
-    SecAggClient(node_id=IDS[0], allow_minority_threshold=True).advertise(weak)
+        SecAggClient(node_id=IDS[0], trust=trust(IDS[0])).advertise(weak)
+    SecAggClient(node_id=IDS[0], trust=trust(IDS[0]), allow_minority_threshold=True).advertise(weak)
     with pytest.raises(SecAggMessageError, match="not a participant"):
-        SecAggClient(node_id=7).advertise(setup)
-    client = SecAggClient(node_id=IDS[0])
+        SecAggClient(node_id=7, trust=trust(7)).advertise(setup)
+    client = SecAggClient(node_id=IDS[0], trust=trust(IDS[0]))
     client.advertise(setup.to_dict())
     with pytest.raises(SecAggProtocolError, match="advertise called in state 'advertised'"):
         client.advertise(setup)
     with pytest.raises(SecAggMessageError):
-        SecAggClient(node_id=-1)
+        SecAggClient(node_id=-1, trust=trust(-1))
 
 
 def test_bad_input_vector_is_rejected_without_aborting() -> None:
@@ -349,6 +354,7 @@ def test_secrets_never_appear_in_logs_or_reprs(caplog: pytest.LogCaptureFixture)
     caplog.set_level(logging.DEBUG)
     ids = [11, 22, 33, 44, 55, 66]
     server, clients = build_cohort(
+        security=None,
         round_id=4,
         participants=ids,
         threshold=3,
@@ -373,9 +379,7 @@ def test_secrets_never_appear_in_logs_or_reprs(caplog: pytest.LogCaptureFixture)
     for answer in answers.values():
         secrets += [element_from_bytes(s) for s in answer.seed_shares + answer.key_shares]
     with pytest.raises(SecAggProtocolError):
-        clients[11].unmask(
-            UnmaskRequest(round_id=4, node_id=11, survivors=(22, 33, 44), dropped=(55, 66))
-        )
+        clients[11].unmask(UnmaskRequest(round_id=4, node_id=11, survivors=(22, 33, 44), dropped=(55, 66)))
     result = server.collect_unmask(answers)
     messages += [*keys.values(), *shares.values(), *routed.values(), *masked.values()]
     messages += [*requests.values(), *answers.values(), server, result, *clients.values()]
@@ -391,7 +395,7 @@ def test_secrets_never_appear_in_logs_or_reprs(caplog: pytest.LogCaptureFixture)
 def test_secrets_are_dropped_after_masking() -> None:
     ids = [1, 2, 3]
     server, clients = build_cohort(
-        round_id=1, participants=ids, threshold=2, neighbours="all", quant=SMALL
+        security=None, round_id=1, participants=ids, threshold=2, neighbours="all", quant=SMALL
     )
     run_round(server, clients, {i: {"x": np.zeros(8)} for i in ids})
     for client in clients.values():

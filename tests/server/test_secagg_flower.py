@@ -21,12 +21,13 @@ from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source, train_device
 from fedrec.client.records import load_state
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import _train_round, run_server, wait_for_nodes
+from fedrec.server.loop import _train_round, run_on_grid, wait_for_nodes
 from fedrec.server.secagg import SecureRounds, neighbours_for, secure_train_round, threshold_for
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from testkit import chi_square
 
 from fedrec import wire
 from fedrec.federated.server_state import ServerState
@@ -41,7 +42,7 @@ SMALL = {"synthetic.n-users": N_DEVICES, "synthetic.n-items": N_ITEMS, "syntheti
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 REPLY_KEYS = {
-    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk"},
+    wire.SECAGG_SETUP: {"round_id", "node_id", "c_pk", "s_pk", "certificate", "signature"},
     wire.SECAGG_SHARE: {"round_id", "node_id", "receivers", "ciphertexts"},
     wire.SECAGG_MASK: {"round_id", "node_id"},
     wire.SECAGG_UNMASK: {"round_id", "node_id", "survivors", "seed_shares", "dropped", "key_shares"},
@@ -136,12 +137,6 @@ def _simulate(main: Any, client: ClientApp) -> None:
     run_simulation(server_app=app, client_app=client, num_supernodes=N_DEVICES, backend_config=BACKEND)
 
 
-def chi_square(data: bytes) -> float:
-    counts = np.bincount(np.frombuffer(data, np.uint8), minlength=256)
-    expected = len(data) / 256
-    return float(((counts - expected) ** 2 / expected).sum())
-
-
 def max_cosine(vector: np.ndarray, factor: np.ndarray) -> float:
     """Largest |cosine| between ``factor`` and any window of ``vector`` of its length."""
     window = np.lib.stride_tricks.sliding_window_view(vector.astype(np.float64), len(factor))
@@ -159,9 +154,12 @@ def float_views(masked: np.ndarray) -> list[np.ndarray]:
 
 def test_neighbourhood_and_threshold_settings() -> None:
     spec = RunConfig.from_flat({"secagg.neighbours": "auto"}).secagg
-    assert [neighbours_for(spec, n) for n in (2, 10, 50, 100, 943)] == ["all", "all", 13, 15, 20]
+    # auto: the security bound (fedrec.secagg.graph.secure_degree); the complete graph below ~40 devices
+    assert [neighbours_for(spec, n) for n in (2, 10, 50, 100, 943)] == ["all", "all", 37, 46, 96]
     fixed = RunConfig.from_flat({"secagg.neighbours": 7}).secagg
-    assert [neighbours_for(fixed, n) for n in (5, 9, 10)] == ["all", 6, 7]
+    assert [neighbours_for(fixed, n) for n in (5, 9, 10, 100)] == ["all", "all", "all", 46]  # raised to the bound
+    wide = RunConfig.from_flat({"secagg.neighbours": 61}).secagg
+    assert [neighbours_for(wide, n) for n in (99, 100)] == [60, 61]
     assert neighbours_for(RunConfig.from_flat({"secagg.neighbours": "all"}).secagg, 943) == "all"
     assert threshold_for(RunConfig.from_flat({"secagg.threshold": 0.6}).secagg) == 0.6
     assert threshold_for(RunConfig.from_flat({"secagg.threshold": 5}).secagg) == 5
@@ -360,7 +358,7 @@ def test_dropouts_at_every_stage_and_an_aborted_round() -> None:
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     _simulate(main, flaky)
     history, rec = box["history"], box["grid"]
@@ -406,7 +404,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
         _simulate(main, flaky)
@@ -418,7 +416,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
     mixed = [r for r in trip_a if wire.SECAGG_SETUP in errors_of(r)]
     assert len(mixed) == 1 and wire.SECAGG_MASK in parts_of(mixed[0])  # its mask part still counted
     assert "round 4: its pre-started setup and share aborted" in caplog.text
-    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=12 not met" in caplog.text
+    assert f"round {ids[2]} aborted: 8 clients sent masked input, threshold t=13 not met" in caplog.text
     _assert_tables(rec, history, moved=("1", "2"), kept=("2", "3"), masks=22 + 22 + N_DEVICES + N_DEVICES)
 
 
@@ -444,7 +442,7 @@ def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanl
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_server(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
         _simulate(main, make_client_app())

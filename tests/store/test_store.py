@@ -39,7 +39,7 @@ def test_failed_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_checkpoint_round_trip_continues_identically(tmp_path: Path) -> None:
     fed = FedConfig(server=ServerOptConfig(name="adam", lr=0.1))
-    state = ServerState.start(7, MFConfig(dim=3), fed, global_mean=3.0)
+    state = ServerState.start(7, MFConfig(dim=3, reg=0.1, bias_reg=0.1), fed, global_mean=3.0)
     sums = RoundSums(np.ones((7, 3)), np.ones(7), np.ones(7), 2)
     state.apply(sums)
     save_checkpoint(tmp_path / "c.npz", state, extra={"config": {"rounds": 3}})

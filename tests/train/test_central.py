@@ -16,21 +16,22 @@ from fedrec.train.cli import main as train_central_main
 
 
 def test_explicit_mf_beats_global_mean_by_a_wide_margin(small_explicit: Dataset) -> None:
-    model = train_central(small_explicit.train, MFConfig(dim=8), CentralConfig(epochs=30, lr=0.01))
+    model = train_central(small_explicit.train, MFConfig(dim=8, reg=0.1, bias_reg=0.1),
+                          CentralConfig(epochs=30, lr=0.01))
     rmse = evaluate(small_explicit, "E1", predict=model.predict, score_block=model.score_block)["rmse"]
     assert rmse < 0.85 * baseline_metrics(small_explicit, "E1")["rmse"]
 
 
 def test_implicit_mf_beats_random(small_implicit: Dataset) -> None:
-    model = train_central(small_implicit.train, MFConfig(kind="implicit", dim=8, reg=0.01, negatives=8),
+    model = train_central(small_implicit.train, MFConfig(kind="implicit", dim=8, reg=0.01, negatives=8, bias_reg=0.1),
                           CentralConfig(epochs=20, lr=0.02))
     hr = evaluate(small_implicit, "R1", predict=model.predict, score_block=model.score_block)["hr@10"]
     assert hr > 2 * 10 / small_implicit.n_items
 
 
 def test_same_seed_same_model(small_explicit: Dataset) -> None:
-    a = train_central(small_explicit.train, MFConfig(dim=4), CentralConfig(epochs=2, seed=7))
-    b = train_central(small_explicit.train, MFConfig(dim=4), CentralConfig(epochs=2, seed=7))
+    a = train_central(small_explicit.train, MFConfig(dim=4, reg=0.1, bias_reg=0.1), CentralConfig(epochs=2, seed=7))
+    b = train_central(small_explicit.train, MFConfig(dim=4, reg=0.1, bias_reg=0.1), CentralConfig(epochs=2, seed=7))
     np.testing.assert_array_equal(a.glob.item_factors, b.glob.item_factors)
 
 

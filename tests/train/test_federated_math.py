@@ -44,9 +44,9 @@ def test_fold_in_of_new_user_is_zero() -> None:
 def test_update_is_dense_and_zero_outside_touched_rows(kind: str) -> None:
     glob, rng = _glob(), np.random.default_rng(0)
     items = np.array([2, 5, 11])
-    model = MFConfig(kind=kind, dim=4, negatives=2)  # type: ignore[arg-type]
+    model = MFConfig(kind=kind, dim=4, negatives=2, reg=0.1, bias_reg=0.1)  # type: ignore[arg-type]
     update, _ = local_update(glob, LocalParams(np.full(4, 0.1, np.float32)), items, np.array([4.0, 2.0, 5.0]),
-                             model=model, config=LocalConfig(), rng=rng)
+                             model=model, config=LocalConfig(steps=5, lr=0.1), rng=rng)
     assert update.item_factors.shape == glob.item_factors.shape and update.counts.shape == (20,)
     touched = np.flatnonzero(update.counts)
     assert set(items) <= set(touched)
@@ -59,7 +59,7 @@ def test_update_is_dense_and_zero_outside_touched_rows(kind: str) -> None:
 def test_explicit_local_step_reduces_loss() -> None:
     glob = _glob()
     items, ratings = np.arange(10), np.linspace(1, 5, 10)
-    model, rng = MFConfig(dim=4), np.random.default_rng(0)
+    model, rng = MFConfig(dim=4, reg=0.1, bias_reg=0.1), np.random.default_rng(0)
     one, _ = local_update(glob, LocalParams.zeros(4), items, ratings, model=model,
                           config=LocalConfig(steps=1, lr=0.01), rng=rng)
     many, _ = local_update(glob, LocalParams.zeros(4), items, ratings, model=model,
@@ -122,6 +122,7 @@ def test_prior_mean_is_public() -> None:
 
 
 def test_reference_loop_learns_explicit(small_explicit: Dataset) -> None:
-    _, history = run_reference(small_explicit, MFConfig(dim=8), FedConfig(rounds=15, eval_every=5))
+    _, history = run_reference(small_explicit, MFConfig(dim=8, reg=0.1, bias_reg=0.1),
+                               FedConfig(rounds=15, eval_every=5, local=LocalConfig(steps=5, lr=0.1)))
     assert history[-1]["rmse"] < history[0]["rmse"]
     assert history[-1]["rmse"] < 0.9

@@ -22,7 +22,7 @@ from fedrec.train.local import LocalConfig, _implicit_grad, local_update, sample
 
 
 def _params(n_users: int, n_items: int, dim: int, seed: int = 0) -> dict[str, torch.nn.Parameter]:
-    return _init_params(n_users, n_items, MFConfig(kind="implicit", dim=dim), seed)
+    return _init_params(n_users, n_items, MFConfig(kind="implicit", dim=dim, reg=0.1, bias_reg=0.1), seed)
 
 
 @pytest.mark.parametrize("loss", ["logistic", "bpr"])
@@ -95,7 +95,7 @@ def test_positive_weights_scale_each_row() -> None:
 
 
 def test_recency_weights_count_later_interactions_per_user() -> None:
-    cfg = MFConfig(kind="implicit", recency_boost=3.0, recency_scale=1.0)
+    cfg = MFConfig(kind="implicit", recency_boost=3.0, recency_scale=1.0, reg=0.1, bias_reg=0.1)
     users = np.array([0, 1, 0, 0, 1])
     items = np.array([5, 3, 2, 9, 1])
     stamps = np.array([10, 5, 10, 3, 6])
@@ -157,10 +157,10 @@ def _table(n_items: int = 40, dim: int = 4, seed: int = 0) -> GlobalParams:
 @pytest.mark.parametrize("loss", ["logistic", "bpr"])
 def test_device_update_is_zero_outside_positives_and_negatives(loss: str) -> None:
     glob = _table()
-    model = MFConfig(kind="implicit", dim=4, negatives=2, neg_weight=2.0, loss=loss)
+    model = MFConfig(kind="implicit", dim=4, negatives=2, neg_weight=2.0, loss=loss, reg=0.1, bias_reg=0.1)
     positives = np.array([1, 7, 30])
     local = LocalParams(np.random.default_rng(1).normal(0, 0.3, 4).astype(np.float32))
-    update, _ = local_update(glob, local, positives, np.ones(3), model=model, config=LocalConfig(steps=3),
+    update, _ = local_update(glob, local, positives, np.ones(3), model=model, config=LocalConfig(steps=3, lr=0.1),
                              rng=np.random.default_rng(5))
     negatives = sample_negatives(40, positives, 6, np.random.default_rng(5))
     touched = np.zeros(40, bool)

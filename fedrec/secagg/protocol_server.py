@@ -1,4 +1,4 @@
-"""The server side of one SecAgg+ round: routing, dropout tracking, unmasking.
+"""The SERVER side of one SecAgg+ round (no transport): routing, dropout tracking, unmasking.
 
 Each ``collect_*`` method takes the replies that arrived for a stage
 (``node id -> message or its dict form``) and returns the messages for the
@@ -11,30 +11,53 @@ reply raises instead (and nothing from that stage is kept). When fewer than
 ``t`` clients remain, or a needed secret has fewer than ``t`` share holders
 left, the round ends with :class:`SecAggAbort` before any share is requested
 or used.
+
+The graph is fixed only once the keys are in: its seed hashes the setup's
+nonce and every accepted signed advertisement (:func:`fedrec.secagg.graph.graph_seed`),
+exactly as each device recomputes it. Reconstruction is robust: every secret
+rebuilt from more than ``t`` shares is checked against a second ``t``-subset,
+and a disagreement aborts the round with
+:class:`~fedrec.errors.SecAggInconsistentShareError` naming the holder whose
+share is off (when ``t + 2`` or more shares pin it down).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from fedrec.secagg.errors import (
+from fedrec.errors import (
     SecAggAbort,
     SecAggConfigError,
     SecAggError,
+    SecAggInconsistentShareError,
     SecAggIntegrityError,
     SecAggMessageError,
     SecAggProtocolError,
 )
-from fedrec.secagg.field import element_from_bytes, reconstruct_with
-from fedrec.secagg.graph import GRAPH_SEED_BYTES, build_graph, check_participants, check_threshold
-from fedrec.secagg.keys import KeyPair, mask_seed
+from fedrec.secagg.crypto.identity import advert_digest, advert_statement, verify_advert
+from fedrec.secagg.crypto.keys import KeyPair, bind_model, mask_seed
+from fedrec.secagg.crypto.prg import DOMAIN_PAIR, DOMAIN_SELF, expand
+from fedrec.secagg.crypto.shamir import element_from_bytes, reconstruct, reconstruct_with
+from fedrec.secagg.graph import (
+    DEFAULT_SECURITY,
+    GRAPH_SEED_BYTES,
+    Neighbours,
+    SecurityParams,
+    build_graph,
+    check_participants,
+    check_threshold,
+    graph_seed,
+    neighbourhood_degree,
+)
+from fedrec.secagg.layout import NO_MODEL
 from fedrec.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
@@ -45,13 +68,13 @@ from fedrec.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
     coerce,
+    setup_digest,
 )
-from fedrec.secagg.prg import DOMAIN_PAIR, DOMAIN_SELF, expand
 from fedrec.secagg.quantize import QuantConfig, dequantize
 
 __all__ = ["AggregateResult", "SecAggServer"]
 
-logger = logging.getLogger("fedrec.secagg.server")
+logger = logging.getLogger("fedrec.secagg.protocol_server")
 
 _SEED_LIMIT = 1 << 256
 _M = TypeVar("_M", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse)
@@ -97,14 +120,23 @@ class SecAggServer:
         fewest clients the round may end with. Must be in ``[1, k]`` and, unless
         ``allow_minority_threshold``, more than ``k / 2``.
     neighbours:
-        ``"all"`` for the complete graph, or the degree ``k`` of the random
-        ``k``-regular graph (``k >= n - 1`` means complete).
+        ``"all"`` for the complete graph, ``"auto"`` for the secure minimum, or
+        the degree ``k`` of the random ``k``-regular graph (raised to the
+        security bound when below it; ``k >= n - 1`` means complete):
+        :func:`fedrec.secagg.graph.neighbourhood_degree`.
     quant:
         Vector layout and ring; unset scales are resolved for ``n`` clients.
     graph_seed:
         32 bytes fixing the graph; fresh from the OS when omitted.
     strict:
         Raise on the first invalid reply instead of dropping its sender.
+    security:
+        The bound of :func:`~fedrec.secagg.graph.neighbourhood_degree`
+        (``None``: take ``neighbours`` as given; small test graphs only).
+    authority_key:
+        The enrolment authority's public key, when the server has it: then
+        advertisements that do not verify are dropped at once (devices verify
+        them anyway), so one bad device cannot make its neighbours refuse.
     """
 
     def __init__(
@@ -113,18 +145,24 @@ class SecAggServer:
         round_id: int,
         participants: Sequence[int],
         threshold: int,
-        neighbours: int | Literal["all"],
+        neighbours: Neighbours,
         quant: QuantConfig,
         graph_seed: bytes | None = None,
         strict: bool = False,
         allow_minority_threshold: bool = False,
+        security: SecurityParams | None = DEFAULT_SECURITY,
+        authority_key: bytes | None = None,
     ) -> None:
         ids = _sorted_ids(participants)
-        degree = _degree(neighbours, len(ids))
+        k = _degree(len(ids), neighbours, security)
+        degree = None if k >= len(ids) - 1 else k
         seed = os.urandom(GRAPH_SEED_BYTES) if graph_seed is None else graph_seed
-        self._graph = build_graph(ids, degree=degree, seed=seed, round_id=round_id)
-        k = len(self._graph[ids[0]])
         check_threshold(threshold, k, allow_minority_threshold=allow_minority_threshold)
+        self._graph: dict[int, frozenset[int]] = {}
+        self._authority = authority_key
+        self.model_digest = NO_MODEL
+        """The digest of the downlink devices masked against (:func:`fedrec.secagg.layout.model_digest`);
+        set it before :meth:`collect_unmask` (:meth:`RoundDriver.bind_model`)."""
         try:
             self.setup = Setup(
                 round_id=round_id,
@@ -137,6 +175,7 @@ class SecAggServer:
         except SecAggMessageError as exc:
             raise SecAggConfigError(str(exc)) from None
         self._strict = strict
+        self._setup_digest = setup_digest(self.setup)
         self._probe = KeyPair.generate(os.urandom)
         self._stage = "keys"
         self._abort_reason: str | None = None
@@ -169,7 +208,7 @@ class SecAggServer:
 
     @property
     def graph(self) -> dict[int, frozenset[int]]:
-        """Every participant's neighbourhood."""
+        """Every participant's neighbourhood (empty until the keys are collected)."""
         return dict(self._graph)
 
     def setup_messages(self) -> dict[int, Setup]:
@@ -254,6 +293,12 @@ class SecAggServer:
         self._keys = {node: (m.c_pk, m.s_pk) for node, m in accepted.items()}
         self._u1 = frozenset(accepted)
         self._require(len(self._u1), "clients advertised keys")
+        digests = {node: _digest(m, self._setup_digest) for node, m in accepted.items()}
+        seed = graph_seed(round_id=self.setup.round_id, server_nonce=self.setup.graph_seed, adverts=digests)
+        self._graph = build_graph(self.setup.participants, degree=self.setup.degree, seed=seed,
+                                  round_id=self.setup.round_id)
+        advertisers = tuple(sorted(self._u1))
+        digest_list = tuple(digests[n] for n in advertisers)
         self._stage = "shares"
         logger.debug("round %d: %d clients advertised keys", self.setup.round_id, len(self._u1))
         out = {}
@@ -265,6 +310,10 @@ class SecAggServer:
                 peers=tuple(peers),
                 c_pks=tuple(self._keys[p][0] for p in peers),
                 s_pks=tuple(self._keys[p][1] for p in peers),
+                certificates=tuple(accepted[p].certificate for p in peers),
+                signatures=tuple(accepted[p].signature for p in peers),
+                advertisers=advertisers,
+                digests=digest_list,
             )
         return out
 
@@ -273,6 +322,10 @@ class SecAggServer:
             raise SecAggMessageError(f"AdvertiseKeys: node {node} sent two equal public keys")
         self._probe.agree(msg.c_pk)
         self._probe.agree(msg.s_pk)
+        if self._authority is not None:
+            verify_advert(authority_key=self._authority, round_id=msg.round_id, node_id=msg.node_id,
+                          c_pk=msg.c_pk, s_pk=msg.s_pk, setup_digest=self._setup_digest,
+                          certificate=msg.certificate, signature=msg.signature)
 
     def _drop_duplicate_keys(self, accepted: dict[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]:
         counts = Counter(k for m in accepted.values() for k in (m.c_pk, m.s_pk))
@@ -396,6 +449,7 @@ class SecAggServer:
         assert self._acc is not None
         acc = self._acc
         self._remove_masks(acc, seeds, keys)
+        self._check_reachable(acc, len(survivors))
         sums = dequantize(acc, self.setup.quant, n_clients=len(survivors))
         self._acc = None
         self._result = AggregateResult(
@@ -414,6 +468,26 @@ class SecAggServer:
             len(accepted),
         )
         return self._result
+
+    def _check_reachable(self, acc: np.ndarray, n: int) -> None:
+        """Refuse an unmasked sum no ``n`` clipped inputs can reach (masks that did not cancel).
+
+        Devices that masked against different downlinks (or with keys the
+        server substituted) leave uniformly random ring elements; each lands
+        outside the reachable range ``[0, n * ceil((hi - lo) * scale)]`` with
+        probability above 1/2 at the ring sizes ``resolve`` picks, so a vector
+        of ``L`` elements passes by chance with probability below ``2^-L``.
+        """
+        quant = self.setup.quant
+        for spec, (start, stop) in zip(quant.segments, quant.bounds().values(), strict=True):
+            assert spec.scale is not None
+            limit = n * math.ceil((spec.hi - spec.lo) * spec.scale)
+            outside = int(np.count_nonzero(acc[start:stop] > limit))
+            if outside:
+                raise self._integrity(
+                    f"the unmasked sum of segment {spec.name!r} is out of reach of {n} clipped inputs at "
+                    f"{outside} of {stop - start} elements: the masks did not cancel (devices masked against "
+                    f"different downlinks or keys); the sum is discarded")
 
     def _check_unmask(self, node: int, msg: UnmaskResponse) -> None:
         request = self._requests[node]
@@ -444,7 +518,30 @@ class SecAggServer:
                 f"only {len(points)} shares of node {node}'s {what} arrived, "
                 f"threshold t={self.threshold} not met"
             )
-        return reconstruct_with(points, threshold=self.threshold, pool=pool)
+        value = reconstruct_with(points, threshold=self.threshold, pool=pool)
+        if len(points) > self.threshold:
+            self._cross_check(node, points, what, value)
+        return value
+
+    def _cross_check(self, node: int, points: dict[int, int], what: str, value: int) -> None:
+        """Rebuild from ``t``-subsets covering every point; a disagreement means a share is off.
+
+        Every point is in some window and each window differs from the pool's
+        subset, so one shifted share changes at least one result. With a
+        majority threshold (``m <= k < 2 t`` points) that is two windows.
+        """
+        t = self.threshold
+        ordered = sorted(points.items())
+        if all(reconstruct(w) == value for w in _windows(ordered, t)):
+            return
+        holder = _odd_one_out(ordered, t)
+        who = "an unidentified holder" if holder is None else f"holder node {holder - 1}"
+        reason = (f"shares of node {node}'s {what} are inconsistent: {who} sent a share off the polynomial "
+                  f"({len(points)} shares, t={t})")
+        self._abort(reason)
+        raise SecAggInconsistentShareError(
+            f"round {self.setup.round_id} aborted: {reason}", owner=node,
+            holder=None if holder is None else holder - 1)
 
     def _rebuild_seed(self, node: int, points: dict[int, int], pool: tuple[int, ...]) -> bytes:
         value = self._interpolate(node, points, "self-mask seed", pool)
@@ -476,7 +573,8 @@ class SecAggServer:
         for dropped, pair in keys.items():
             for survivor in sorted(self._holders[dropped] & self._u3):
                 shared = pair.agree(self._keys[survivor][1])
-                seed = mask_seed(shared, round_id=rid, a=dropped, b=survivor)
+                seed = bind_model(mask_seed(shared, round_id=rid, a=dropped, b=survivor),
+                                  model_digest=self.model_digest)
                 stream = expand(seed, n, dtype=dtype, round_id=rid, domain=DOMAIN_PAIR)
                 if dropped > survivor:
                     np.subtract(acc, stream, out=acc)
@@ -500,9 +598,35 @@ def _sorted_ids(participants: Sequence[int]) -> tuple[int, ...]:
     return check_participants(ordered)
 
 
-def _degree(neighbours: int | str, n: int) -> int | None:
-    if neighbours == "all":
-        return None
+def _degree(n: int, neighbours: Neighbours, security: SecurityParams | None) -> int:
+    if security is not None:
+        return neighbourhood_degree(n, neighbours, params=security)
+    if neighbours in ("all", "auto"):
+        return n - 1
     if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
-        raise SecAggConfigError(f"neighbours must be 'all' or a positive int, got {neighbours!r}")
-    return None if neighbours >= n - 1 else neighbours
+        raise SecAggConfigError(f"neighbours must be 'all', 'auto' or a positive int, got {neighbours!r}")
+    return min(neighbours, n - 1)
+
+
+def _digest(msg: AdvertiseKeys, setup: bytes) -> bytes:
+    statement = advert_statement(round_id=msg.round_id, node_id=msg.node_id, c_pk=msg.c_pk, s_pk=msg.s_pk,
+                                 setup_digest=setup, certificate=msg.certificate)
+    return advert_digest(statement, msg.signature)
+
+
+def _odd_one_out(ordered: list[tuple[int, int]], t: int) -> int | None:
+    """The one point whose removal leaves the others on one polynomial, if exactly one does (needs ``t + 2``)."""
+    if len(ordered) < t + 2:
+        return None
+    suspects = []
+    for i, (x, _) in enumerate(ordered):
+        rest = ordered[:i] + ordered[i + 1 :]
+        if len({reconstruct(w) for w in _windows(rest, t)}) == 1:
+            suspects.append(x)
+    return suspects[0] if len(suspects) == 1 else None
+
+
+def _windows(ordered: list[tuple[int, int]], t: int) -> list[list[tuple[int, int]]]:
+    """Consecutive ``t``-subsets of ``ordered`` (more than ``t`` points) that together cover every point."""
+    starts = [*range(0, len(ordered) - t, t), len(ordered) - t]
+    return [ordered[i : i + t] for i in starts]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from secagg_helpers import restore, trust
 
 from fedrec.errors import SecAggAbort, SecAggError
 from fedrec.secagg import (
@@ -22,8 +23,7 @@ from fedrec.secagg import (
     UnmaskRequest,
     clear_state,
 )
-from fedrec.secagg.simulate import STAGES, Stage, build_cohort, run_round
-from fedrec.secagg.state import (
+from fedrec.secagg.device_state import (
     PREFIX,
     ClientSnapshot,
     decode,
@@ -39,6 +39,7 @@ from fedrec.secagg.state import (
     stored_stage,
     unpack,
 )
+from fedrec.secagg.inprocess import STAGES, Stage, build_cohort, run_round
 
 LAYOUT = QuantConfig(
     segments=(
@@ -52,10 +53,7 @@ IDS = [5, 17, 2**64 - 1, 40, 2**63]
 
 def make_inputs(quant: QuantConfig, ids: list[int], seed: int) -> dict[int, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return {
-        node: {s.name: rng.uniform(s.lo - 1.0, s.hi + 1.0, s.length) for s in quant.segments}
-        for node in ids
-    }
+    return {node: {s.name: rng.uniform(s.lo - 1.0, s.hi + 1.0, s.length) for s in quant.segments} for node in ids}
 
 
 def through_storage(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -81,7 +79,7 @@ def assert_round_trips(client: SecAggClient) -> dict[str, np.ndarray]:
     state = client.to_state()
     assert state and all(key.startswith(PREFIX) for key in state)
     assert all(isinstance(v, np.ndarray) and v.dtype.kind in "uf" for v in state.values())
-    restored = SecAggClient.from_state(through_storage(state))
+    restored = restore(through_storage(state))
     assert restored.node_id == client.node_id
     assert restored.state == client.state
     assert restored.neighbours == client.neighbours
@@ -92,7 +90,7 @@ def assert_round_trips(client: SecAggClient) -> dict[str, np.ndarray]:
 def staged_cohort(seed: int = 3) -> tuple[SecAggServer, dict[int, SecAggClient]]:
     ids = sorted(IDS)
     return build_cohort(
-        round_id=9, participants=ids, threshold=3, neighbours="all", quant=LAYOUT, reproducible_seed=seed
+        security=None, round_id=9, participants=ids, threshold=3, neighbours="all", quant=LAYOUT, reproducible_seed=seed
     )
 
 
@@ -135,7 +133,7 @@ def test_aborted_client_round_trips_without_secrets() -> None:
     assert client.state == "aborted"
     state = assert_round_trips(client)
     assert not {PREFIX + k for k in ("c_sk", "s_sk", "seed", "share_keys", "held")} & set(state)
-    fresh = SecAggClient(node_id=8)
+    fresh = SecAggClient(node_id=8, trust=trust(8))
     with pytest.raises(SecAggError):
         fresh.advertise({"round_id": 1})
     assert "round_id" not in {k[len(PREFIX) :] for k in assert_round_trips(fresh)}
@@ -151,13 +149,13 @@ def test_restored_done_client_keeps_the_refuse_twice_rule() -> None:
     requests = server.collect_masked(masked)
     node = ids[0]
     answer = clients[node].unmask(requests[node])
-    restored = SecAggClient.from_state(through_storage(clients[node].to_state()))
+    restored = restore(through_storage(clients[node].to_state()))
     assert restored.unmask(requests[node]).to_dict() == answer.to_dict()
     other = UnmaskRequest(
         round_id=9, node_id=node, survivors=requests[node].survivors[:-1], dropped=requests[node].survivors[-1:]
     )
     with pytest.raises(SecAggError, match="already answered a different"):
-        SecAggClient.from_state(clients[node].to_state()).unmask(other)
+        restore(clients[node].to_state()).unmask(other)
 
 
 def test_masked_restored_client_refuses_a_split_it_cannot_serve() -> None:
@@ -167,7 +165,7 @@ def test_masked_restored_client_refuses_a_split_it_cannot_serve() -> None:
     routed = server.collect_shares({i: clients[i].share(keys[i]) for i in ids})
     node = ids[1]
     clients[node].mask(routed[node], make_inputs(server.setup.quant, [node], 0)[node])
-    restored = SecAggClient.from_state(clients[node].to_state())
+    restored = restore(clients[node].to_state())
     with pytest.raises(SecAggError, match="both survivor and dropped"):
         restored.unmask(UnmaskRequest(round_id=9, node_id=node, survivors=(ids[0], ids[2], ids[3]), dropped=(ids[0],)))
 
@@ -179,7 +177,7 @@ def test_snapshot_and_client_reprs_hide_secrets() -> None:
     state = client.to_state()
     snap = decode(state)
     assert snap.seed is not None and snap.c_sk is not None
-    text = repr(snap) + str(snap) + repr(SecAggClient.from_state(state))
+    text = repr(snap) + str(snap) + repr(restore(state))
     for secret in (snap.seed, snap.c_sk, snap.s_sk):
         assert secret is not None and secret.hex() not in text
     assert "redacted" in text
@@ -191,8 +189,10 @@ def test_snapshot_and_client_reprs_hide_secrets() -> None:
 def test_clear_state_touches_only_secagg_keys() -> None:
     server, clients = staged_cohort()
     clients[5].advertise(server.setup)
-    state: dict[str, np.ndarray] = {"user.1.factor": np.ones(3, np.float32),
-                                    PREFIX + "last_round": np.array([9], np.uint64)}
+    state: dict[str, np.ndarray] = {
+        "user.1.factor": np.ones(3, np.float32),
+        PREFIX + "last_round": np.array([9], np.uint64),
+    }
     store_round(state, 9, clients[5].to_state())
     assert stored_round(state) == 9 and stored_stage(state) == "advertised" and last_round(state) == 9
     clear_state(state)
@@ -232,7 +232,7 @@ def test_corrupted_state_is_refused(label: str, corrupt: Callable[[dict[str, np.
     state = clients[5].to_state()
     corrupt(state)
     with pytest.raises(SecAggStateError, match=pattern):
-        SecAggClient.from_state(state)
+        restore(state)
 
 
 def test_held_share_outside_the_field_is_refused() -> None:
@@ -244,7 +244,7 @@ def test_held_share_outside_the_field_is_refused() -> None:
     state = clients[5].to_state()
     state[PREFIX + "held"] = np.full_like(state[PREFIX + "held"], 0xFF)
     with pytest.raises(SecAggStateError, match="outside the field"):
-        SecAggClient.from_state(state)
+        restore(state)
 
 
 def test_encode_refuses_mismatched_peer_tables() -> None:
@@ -260,6 +260,7 @@ def reference_cohort(
     sc: dict[str, Any], quant: QuantConfig
 ) -> tuple[SecAggServer, dict[int, tuple[np.random.Generator, Callable[[int], bytes]]]]:
     server = SecAggServer(
+        security=None,
         round_id=sc["seed"],
         participants=sc["ids"],
         threshold=sc["threshold"],
@@ -286,7 +287,9 @@ def restored_round(
     states: dict[int, dict[str, np.ndarray]] = {}
     for node in server.setup.participants:
         rng, randbytes = sources[node]
-        client = SecAggClient(node_id=node, rng=rng, randbytes=randbytes, allow_minority_threshold=minority)
+        client = SecAggClient(
+            node_id=node, trust=trust(node), rng=rng, randbytes=randbytes, allow_minority_threshold=minority
+        )
         states[node] = through_storage(client.to_state())
 
     def stage(name: Stage, inbox: Mapping[int, Any], call: Callable[[SecAggClient, Any], Any]) -> dict[int, Any]:
@@ -295,7 +298,7 @@ def restored_round(
             if node in drops and STAGES.index(drops[node]) <= STAGES.index(name):
                 continue
             rng, randbytes = sources[node]
-            client = SecAggClient.from_state(states[node], rng=rng, randbytes=randbytes)
+            client = restore(states[node], rng=rng, randbytes=randbytes)
             try:
                 replies[node] = call(client, message.to_dict())
             except SecAggError:
@@ -344,16 +347,20 @@ def test_round_with_every_client_restored_between_stages_matches_run_round(sc: d
         segments=(SegmentSpec.symmetric("a", 9, clip=1.5), SegmentSpec("b", 2, lo=0.0, hi=3.0)), bits=sc["bits"]
     )
     outcomes: list[AggregateResult | str] = []
-    for restore in (False, True):
+    for reload in (False, True):
         server, sources = reference_cohort(sc, quant)
         inputs = make_inputs(server.setup.quant, sc["ids"], sc["seed"])
         try:
-            if restore:
+            if reload:
                 result = restored_round(server, sources, inputs, sc["drops"], sc["minority"])
             else:
                 clients = {
                     node: SecAggClient(
-                        node_id=node, rng=rng, randbytes=randbytes, allow_minority_threshold=sc["minority"]
+                        node_id=node,
+                        trust=trust(node),
+                        rng=rng,
+                        randbytes=randbytes,
+                        allow_minority_threshold=sc["minority"],
                     )
                     for node, (rng, randbytes) in sources.items()
                 }
@@ -383,23 +390,25 @@ def test_each_round_is_one_packed_array_that_round_trips() -> None:
     snapshot = clients[5].to_state()
     state: dict[str, np.ndarray] = {"user.1.factor": np.ones(3, np.float32)}
     store_round(state, 9, snapshot)
-    store_round(state, 11, SecAggClient(node_id=5).to_state())
+    store_round(state, 11, SecAggClient(node_id=5, trust=trust(5)).to_state())
     assert set(state) == {"user.1.factor", round_key(9), round_key(11)}
     assert all(state[round_key(r)].dtype == np.uint8 and state[round_key(r)].ndim == 1 for r in (9, 11))
     assert live_rounds(through_storage(state)) == [9, 11]
     restored = load_round(through_storage(state), 9)
     assert_same_state(restored, {k: v for k, v in snapshot.items() if k != PREFIX + "last_round"})
-    assert SecAggClient.from_state(restored).state == "shared"
+    assert restore(restored).state == "shared"
     drop_round(state, 9)
     assert live_rounds(state) == [11] and load_round(state, 9) == {}
 
 
 @settings(deadline=None, max_examples=60)
-@given(st.dictionaries(
-    st.text(min_size=1, max_size=12),
-    st.tuples(st.sampled_from([np.uint8, np.uint64, np.float64]),
-              st.lists(st.integers(0, 4), max_size=3)),
-    max_size=6))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=12),
+        st.tuples(st.sampled_from([np.uint8, np.uint64, np.float64]), st.lists(st.integers(0, 4), max_size=3)),
+        max_size=6,
+    )
+)
 def test_pack_round_trips_any_named_arrays(spec: dict[str, tuple[Any, list[int]]]) -> None:
     rng = np.random.default_rng(0)
     arrays = {name: (rng.random(shape) * 200).astype(dtype) for name, (dtype, shape) in spec.items()}
@@ -412,17 +421,20 @@ def packed(header: bytes, body: bytes = b"", *, size: int | None = None) -> np.n
     return np.frombuffer(prefix + header + body, np.uint8)
 
 
-@pytest.mark.parametrize(("blob", "pattern"), [
-    (np.zeros(3, np.int64), "1-D uint8"),
-    (packed(b"[1,2]", size=9), "shorter than its header"),
-    (packed(b"[1,"), "unreadable header"),
-    (packed(b'{"a":1}'), "unreadable header"),
-    (packed(b'[["a","|u1"]]'), "malformed entry"),
-    (packed(b'[["a","<i8",[1]]]', bytes(8)), "malformed entry"),
-    (packed(b'[["a","|u1",[-1]]]'), "malformed entry"),
-    (packed(b'[["a","|u1",[4]]]', bytes(3)), "runs past the end"),
-    (packed(b'[["a","|u1",[2]]]', bytes(3)), "trailing bytes"),
-])
+@pytest.mark.parametrize(
+    ("blob", "pattern"),
+    [
+        (np.zeros(3, np.int64), "1-D uint8"),
+        (packed(b"[1,2]", size=9), "shorter than its header"),
+        (packed(b"[1,"), "unreadable header"),
+        (packed(b'{"a":1}'), "unreadable header"),
+        (packed(b'[["a","|u1"]]'), "malformed entry"),
+        (packed(b'[["a","<i8",[1]]]', bytes(8)), "malformed entry"),
+        (packed(b'[["a","|u1",[-1]]]'), "malformed entry"),
+        (packed(b'[["a","|u1",[4]]]', bytes(3)), "runs past the end"),
+        (packed(b'[["a","|u1",[2]]]', bytes(3)), "trailing bytes"),
+    ],
+)
 def test_malformed_packed_rounds_are_refused(blob: np.ndarray, pattern: str) -> None:
     with pytest.raises(SecAggStateError, match=pattern):
         unpack(blob)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrec.secagg.errors import SecAggConfigError
-from fedrec.secagg.prg import DOMAIN_PAIR, DOMAIN_SELF, expand, keystream, nonce_for
+from fedrec.errors import SecAggConfigError
+from fedrec.secagg.crypto.prg import DOMAIN_PAIR, DOMAIN_SELF, expand, keystream, nonce_for
 
 # RFC 8439 appendix A.1, test vector #1: zero key, zero nonce, block counter 0.
 RFC8439_A1_TV1 = bytes.fromhex(

@@ -16,7 +16,7 @@ import pytest
 import secagg_helpers
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from secagg_helpers import stored
+from secagg_helpers import stored, trust
 
 from fedrec.errors import SecAggAbort
 from fedrec.secagg import (
@@ -38,9 +38,9 @@ from fedrec.secagg import (
     run_trip,
     unflatten_sums,
 )
-from fedrec.secagg.rounds import RoundDriver
-from fedrec.secagg.simulate import STAGES, Stage, run_round
-from fedrec.secagg.state import PREFIX, last_round, live_rounds, stored_stage
+from fedrec.secagg.device_state import PREFIX, last_round, live_rounds, stored_stage
+from fedrec.secagg.inprocess import STAGES, Stage, run_round
+from fedrec.secagg.schedule import RoundDriver
 from fedrec.wire import SECAGG_MASK, SECAGG_SETUP, SECAGG_SHARE, SECAGG_STAGES, SECAGG_UNMASK
 
 wire = partial(secagg_helpers.wire, check=False)
@@ -62,11 +62,16 @@ def layout(cohort: int) -> QuantConfig:
     return quant_config_for(n_items=N_ITEMS, dim=DIM, clip=1.0, bits=32, max_count=4.0, cohort=cohort)
 
 
-def plan(number: int, cohort: list[int], *, threshold: int | float = 0.5,
-         neighbours: int | str = "all") -> RoundPlan:
-    return RoundPlan(number=number, participants=tuple(cohort), threshold=threshold,
-                     neighbours=neighbours, quant=layout(len(cohort)),  # type: ignore[arg-type]
-                     graph_seed=bytes([number]) * 32)
+def plan(number: int, cohort: list[int], *, threshold: int | float = 0.5, neighbours: int | str = "all") -> RoundPlan:
+    return RoundPlan(
+        security=None,
+        number=number,
+        participants=tuple(cohort),
+        threshold=threshold,
+        neighbours=neighbours,
+        quant=layout(len(cohort)),  # type: ignore[arg-type]
+        graph_seed=bytes([number]) * 32,
+    )
 
 
 class Devices:
@@ -77,8 +82,13 @@ class Devices:
     ``offline[trip index]`` are nodes whose whole message is lost.
     """
 
-    def __init__(self, ids: list[int], *, faults: Mapping[tuple[int, str, int], str] | None = None,
-                 offline: Mapping[int, set[int]] | None = None) -> None:
+    def __init__(
+        self,
+        ids: list[int],
+        *,
+        faults: Mapping[tuple[int, str, int], str] | None = None,
+        offline: Mapping[int, set[int]] | None = None,
+    ) -> None:
         self.states: dict[int, dict[str, np.ndarray]] = {node: {} for node in ids}
         self.faults = dict(faults or {})
         self.offline = dict(offline or {})
@@ -114,7 +124,9 @@ class Devices:
             if not delivered:
                 continue
             state = stored(self.states[node])
-            answer = handle_secagg_parts(delivered, state, node_id=node, segments=self.segments(node, delivered))
+            answer = handle_secagg_parts(
+                delivered, state, node_id=node, trust=trust(node), segments=self.segments(node, delivered)
+            )
             self.states[node] = stored(state)
             self.most_live = max(self.most_live, len(live_rounds(state)))
             for stage, reply in answer.replies.items():
@@ -153,8 +165,9 @@ def assert_within_bound(result: AggregateResult, number: int, quant: QuantConfig
     sums = unflatten_sums(result.sums, n_items=N_ITEMS, dim=DIM)
     for spec in quant.segments:
         assert spec.scale is not None
-        exact = sum(np.clip(update(number, i)[spec.name].astype(np.float64), spec.lo, spec.hi)
-                    for i in result.survivors)
+        exact = sum(
+            np.clip(update(number, i)[spec.name].astype(np.float64), spec.lo, spec.hi) for i in result.survivors
+        )
         assert np.all(np.abs(sums[spec.name] - exact) <= n / spec.scale + 1e-9), spec.name
 
 
@@ -166,11 +179,16 @@ def test_steady_state_rounds_take_two_trips_and_sum_correctly() -> None:
     plans = [plan(n, IDS) for n in (1, 2, 3, 4)]
     results = run_rounds(devices, plans)
     assert [t for t in devices.trips] == [
-        [("setup", 3)], [("share", 3)],
-        [("mask", 3), ("setup", 4)], [("share", 4), ("unmask", 3)],
-        [("mask", 4), ("setup", 6)], [("share", 6), ("unmask", 4)],
-        [("mask", 6), ("setup", 8)], [("share", 8), ("unmask", 6)],
-        [("mask", 8)], [("unmask", 8)],
+        [("setup", 3)],
+        [("share", 3)],
+        [("mask", 3), ("setup", 4)],
+        [("share", 4), ("unmask", 3)],
+        [("mask", 4), ("setup", 6)],
+        [("share", 6), ("unmask", 4)],
+        [("mask", 6), ("setup", 8)],
+        [("share", 8), ("unmask", 6)],
+        [("mask", 8)],
+        [("unmask", 8)],
     ]
     for number, result in enumerate(results, start=1):
         assert isinstance(result, AggregateResult) and result.survivors == IDS
@@ -196,10 +214,16 @@ def test_a_node_in_one_cohort_only_gets_only_its_part() -> None:
     devices = Devices(IDS)
     results = run_rounds(devices, [plan(1, first), plan(2, second)])
     trip_a, trip_b = devices.messages[2], devices.messages[3]
-    assert trip_a == {**{n: {SECAGG_MASK} for n in IDS[:2]}, **{n: {SECAGG_MASK, SECAGG_SETUP} for n in IDS[2:6]},
-                      **{n: {SECAGG_SETUP} for n in IDS[6:]}}
-    assert trip_b == {**{n: {SECAGG_UNMASK} for n in IDS[:2]},
-                      **{n: {SECAGG_UNMASK, SECAGG_SHARE} for n in IDS[2:6]}, **{n: {SECAGG_SHARE} for n in IDS[6:]}}
+    assert trip_a == {
+        **{n: {SECAGG_MASK} for n in IDS[:2]},
+        **{n: {SECAGG_MASK, SECAGG_SETUP} for n in IDS[2:6]},
+        **{n: {SECAGG_SETUP} for n in IDS[6:]},
+    }
+    assert trip_b == {
+        **{n: {SECAGG_UNMASK} for n in IDS[:2]},
+        **{n: {SECAGG_UNMASK, SECAGG_SHARE} for n in IDS[2:6]},
+        **{n: {SECAGG_SHARE} for n in IDS[6:]},
+    }
     assert [r.survivors for r in results if isinstance(r, AggregateResult)] == [first, second]
 
 
@@ -273,7 +297,9 @@ def test_protocol_round_ids_increase_across_attempts() -> None:
 
 
 def test_driver_refuses_steps_out_of_turn() -> None:
-    driver = RoundDriver(round_id=1, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS)))
+    driver = RoundDriver(
+        security=None, round_id=1, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS))
+    )
     with pytest.raises(SecAggMessageError, match="not a mapping"):
         driver.deliver([])  # type: ignore[arg-type]
     driver.payloads()
@@ -293,10 +319,19 @@ def reference(plan_: RoundPlan, round_id: int, lost: Mapping[int, str]) -> Aggre
     """The same round (same id, graph and losses) run alone in one process."""
     from fedrec.secagg import resolve_threshold
 
-    t = resolve_threshold(plan_.threshold, n_participants=len(plan_.participants), neighbours=plan_.neighbours)
-    server = SecAggServer(round_id=round_id, participants=plan_.participants, threshold=t,
-                          neighbours=plan_.neighbours, quant=plan_.quant, graph_seed=plan_.graph_seed)
-    clients = {node: SecAggClient(node_id=node) for node in plan_.participants}
+    t = resolve_threshold(
+        plan_.threshold, n_participants=len(plan_.participants), neighbours=plan_.neighbours, params=None
+    )
+    server = SecAggServer(
+        security=None,
+        round_id=round_id,
+        participants=plan_.participants,
+        threshold=t,
+        neighbours=plan_.neighbours,
+        quant=plan_.quant,
+        graph_seed=plan_.graph_seed,
+    )
+    clients = {node: SecAggClient(node_id=node, trust=trust(node)) for node in plan_.participants}
     inputs = {node: flatten_update(update(plan_.number, node)) for node in plan_.participants}
     drops = {node: CORE_STAGE[stage] for node, stage in lost.items()}
     try:
@@ -312,12 +347,22 @@ def schedules(draw: Any) -> dict[str, Any]:
     cohorts = [sorted(draw(st.sets(st.sampled_from(ids), min_size=3, max_size=len(ids)))) for _ in range(n_rounds)]
     complete = draw(st.booleans())
     density = draw(st.sampled_from([0, 3, 6, 12]))  # percent of parts (and of whole messages) lost
-    faults = {(n + 1, stage, node): draw(st.sampled_from(["silent", "refuse"]))
-              for n, cohort in enumerate(cohorts) for node in cohort for stage in SECAGG_STAGES
-              if draw(st.integers(0, 99)) < density}
+    faults = {
+        (n + 1, stage, node): draw(st.sampled_from(["silent", "refuse"]))
+        for n, cohort in enumerate(cohorts)
+        for node in cohort
+        for stage in SECAGG_STAGES
+        if draw(st.integers(0, 99)) < density
+    }
     offline = {i: {node for node in ids if draw(st.integers(0, 99)) < density // 2} for i in range(4 * n_rounds)}
-    return {"ids": ids, "cohorts": cohorts, "complete": complete, "faults": faults, "offline": offline,
-            "threshold": draw(st.sampled_from([0.5, 0.6, 0.8]))}
+    return {
+        "ids": ids,
+        "cohorts": cohorts,
+        "complete": complete,
+        "faults": faults,
+        "offline": offline,
+        "threshold": draw(st.sampled_from([0.5, 0.6, 0.8])),
+    }
 
 
 def _neighbours(n: int, complete: bool) -> int | str:
@@ -330,8 +375,10 @@ def _neighbours(n: int, complete: bool) -> int | str:
 @settings(deadline=None, max_examples=60)
 @given(schedules())
 def test_pipelined_rounds_end_as_each_round_alone_would(sc: dict[str, Any]) -> None:
-    plans = [plan(n + 1, c, threshold=sc["threshold"], neighbours=_neighbours(len(c), sc["complete"]))
-             for n, c in enumerate(sc["cohorts"])]
+    plans = [
+        plan(n + 1, c, threshold=sc["threshold"], neighbours=_neighbours(len(c), sc["complete"]))
+        for n, c in enumerate(sc["cohorts"])
+    ]
     devices = Devices(sc["ids"], faults=sc["faults"], offline=sc["offline"])
     results = run_rounds(devices, plans)
     assert devices.most_live <= 2
@@ -358,23 +405,39 @@ class Device:
         self.state: dict[str, np.ndarray] = {}
 
     def one(self, stage: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        return handle_secagg(stage, wire(payload), self.state, node_id=self.node,
-                             segments=lambda: flatten_update(update(0, self.node)))
+        return handle_secagg(
+            stage,
+            wire(payload),
+            self.state,
+            node_id=self.node,
+            trust=trust(self.node),
+            segments=lambda: flatten_update(update(0, self.node)),
+        )
 
     def parts(self, parts: Mapping[str, Mapping[str, Any]]) -> Any:
-        return handle_secagg_parts({s: wire(p) for s, p in parts.items()}, self.state, node_id=self.node,
-                                   segments=lambda: flatten_update(update(0, self.node)))
+        return handle_secagg_parts(
+            {s: wire(p) for s, p in parts.items()},
+            self.state,
+            node_id=self.node,
+            trust=trust(self.node),
+            segments=lambda: flatten_update(update(0, self.node)),
+        )
 
 
 def two_live_rounds() -> tuple[dict[int, Device], SecAggServer, SecAggServer, dict[int, Any]]:
     """Every device masked round 10 and advertised for round 12 in one message (trip A)."""
     devices = {node: Device(node) for node in IDS}
-    a = SecAggServer(round_id=10, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS)))
-    b = SecAggServer(round_id=12, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS)))
+    a = SecAggServer(
+        security=None, round_id=10, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS))
+    )
+    b = SecAggServer(
+        security=None, round_id=12, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS))
+    )
     keys = a.collect_keys({n: d.one(SECAGG_SETUP, a.setup.to_dict()) for n, d in devices.items()})
     routed = a.collect_shares({n: d.one(SECAGG_SHARE, keys[n].to_dict()) for n, d in devices.items()})
-    answers = {n: d.parts({SECAGG_MASK: routed[n].to_dict(), SECAGG_SETUP: b.setup.to_dict()})
-               for n, d in devices.items()}
+    answers = {
+        n: d.parts({SECAGG_MASK: routed[n].to_dict(), SECAGG_SETUP: b.setup.to_dict()}) for n, d in devices.items()
+    }
     assert all(not x.errors for x in answers.values())
     requests = a.collect_masked({n: x.replies[SECAGG_MASK] for n, x in answers.items()})
     peer_keys = b.collect_keys({n: x.replies[SECAGG_SETUP] for n, x in answers.items()})
@@ -391,8 +454,10 @@ def test_a_device_holds_two_live_rounds_in_separate_namespaces() -> None:
 
 def test_both_rounds_finish_from_one_message_each_way() -> None:
     devices, a, b, msgs = two_live_rounds()
-    answers = {n: d.parts({SECAGG_UNMASK: msgs["requests"][n].to_dict(), SECAGG_SHARE: msgs["peer_keys"][n].to_dict()})
-               for n, d in devices.items()}
+    answers = {
+        n: d.parts({SECAGG_UNMASK: msgs["requests"][n].to_dict(), SECAGG_SHARE: msgs["peer_keys"][n].to_dict()})
+        for n, d in devices.items()
+    }
     result = a.collect_unmask({n: x.replies[SECAGG_UNMASK] for n, x in answers.items()})
     assert result.survivors == IDS
     assert_within_bound(result, 0, a.setup.quant)
@@ -435,8 +500,10 @@ def test_tampered_misrouted_or_malformed_parts_end_only_their_own_round() -> Non
     peer, requests = msgs["peer_keys"], msgs["requests"]
     short = peer[IDS[1]].to_dict()
     short["c_pks"] = [k[:31] for k in short["c_pks"]]
-    answers = {n: d.parts({SECAGG_UNMASK: requests[n].to_dict(), SECAGG_SHARE: short if n == IDS[1]
-                           else peer[n].to_dict()}) for n, d in devices.items()}
+    answers = {
+        n: d.parts({SECAGG_UNMASK: requests[n].to_dict(), SECAGG_SHARE: short if n == IDS[1] else peer[n].to_dict()})
+        for n, d in devices.items()
+    }
     assert "must be 32 bytes" in answers[IDS[1]].errors[SECAGG_SHARE]
     assert set(answers[IDS[1]].replies) == {SECAGG_UNMASK} and live_rounds(devices[IDS[1]].state) == []
     assert a.collect_unmask({n: x.replies[SECAGG_UNMASK] for n, x in answers.items()}).survivors == IDS
@@ -469,7 +536,9 @@ def test_an_older_live_round_is_dropped_once_the_newer_one_moves_on() -> None:
 
 def test_a_third_setup_keeps_only_the_newest_older_round() -> None:
     devices, _, _, _ = two_live_rounds()
-    c = SecAggServer(round_id=14, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS)))
+    c = SecAggServer(
+        security=None, round_id=14, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS))
+    )
     device = devices[IDS[0]]
     device.one(SECAGG_SETUP, c.setup.to_dict())
     assert live_rounds(device.state) == [12, 14]
@@ -484,14 +553,21 @@ def test_a_failing_part_costs_the_other_part_nothing() -> None:
     def broken() -> dict[str, np.ndarray]:
         raise RuntimeError("training failed")
 
-    c = SecAggServer(round_id=20, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS)))
-    answer = handle_secagg_parts({SECAGG_MASK: wire(routed[node].to_dict()), SECAGG_SETUP: wire(c.setup.to_dict())},
-                                 device.state, node_id=node, segments=broken)
+    c = SecAggServer(
+        security=None, round_id=20, participants=IDS, threshold=5, neighbours="all", quant=layout(len(IDS))
+    )
+    answer = handle_secagg_parts(
+        {SECAGG_MASK: wire(routed[node].to_dict()), SECAGG_SETUP: wire(c.setup.to_dict())},
+        device.state,
+        node_id=node,
+        trust=trust(node),
+        segments=broken,
+    )
     assert answer.errors == {SECAGG_MASK: "RuntimeError: training failed"} and SECAGG_SETUP in answer.replies
     assert live_rounds(device.state) == [12, 20] and stored_stage(device.state, 12) == "shared"
     with pytest.raises(SecAggMessageError, match="at least one part"):
-        handle_secagg_parts({}, device.state, node_id=node)
+        handle_secagg_parts({}, device.state, node_id=node, trust=trust(node))
     with pytest.raises(SecAggMessageError, match="unknown"):
-        handle_secagg_parts({"train": {}}, device.state, node_id=node)
-    bad = handle_secagg_parts({SECAGG_SHARE: {"round_id": "x"}}, device.state, node_id=node)
+        handle_secagg_parts({"train": {}}, device.state, node_id=node, trust=trust(node))
+    bad = handle_secagg_parts({SECAGG_SHARE: {"round_id": "x"}}, device.state, node_id=node, trust=trust(node))
     assert "round_id" in bad.errors[SECAGG_SHARE] and live_rounds(device.state) == [12, 20]

@@ -1,4 +1,4 @@
-"""Server side of secure aggregation over any message transport, one or two rounds per trip.
+"""The SERVER's schedule of secure aggregation over any message transport, one or two rounds per trip.
 
 A round is a sequence of four wire stages (:data:`WIRE_STAGES`); each stage
 is one message round trip to the round's live nodes. :class:`RoundDriver`
@@ -37,14 +37,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from fedrec.secagg.driver import WIRE_STAGES, resolve_threshold
-from fedrec.secagg.errors import SecAggConfigError, SecAggError, SecAggMessageError, SecAggProtocolError
+from fedrec.errors import SecAggConfigError, SecAggError, SecAggMessageError, SecAggProtocolError
+from fedrec.secagg.graph import DEFAULT_SECURITY, Neighbours, SecurityParams, resolve_threshold
 from fedrec.secagg.messages import Message
+from fedrec.secagg.protocol_server import AggregateResult, SecAggServer
 from fedrec.secagg.quantize import QuantConfig
-from fedrec.secagg.server import AggregateResult, SecAggServer
-from fedrec.wire import SECAGG_MASK, SECAGG_SETUP, SECAGG_SHARE, SECAGG_UNMASK
+from fedrec.wire import SECAGG_MASK, SECAGG_SETUP, SECAGG_SHARE, SECAGG_STAGES, SECAGG_UNMASK
+
+WIRE_STAGES = SECAGG_STAGES
 
 __all__ = [
     "Exchange",
@@ -57,7 +59,7 @@ __all__ = [
     "run_trip",
 ]
 
-logger = logging.getLogger("fedrec.secagg.rounds")
+logger = logging.getLogger("fedrec.secagg.schedule")
 
 Payloads = dict[int, dict[str, Any]]
 Replies = Mapping[int, Mapping[str, Any] | None]
@@ -107,17 +109,20 @@ class RoundDriver:
         round_id: int,
         participants: Sequence[int],
         threshold: int | float,
-        neighbours: int | Literal["all"],
+        neighbours: Neighbours,
         quant: QuantConfig,
         graph_seed: bytes | None = None,
         strict: bool = False,
         allow_minority_threshold: bool = False,
+        security: SecurityParams | None = DEFAULT_SECURITY,
+        authority_key: bytes | None = None,
     ) -> None:
         t = resolve_threshold(
             threshold,
             n_participants=len(participants),
             neighbours=neighbours,
             allow_minority_threshold=allow_minority_threshold,
+            params=security,
         )
         self.server = SecAggServer(
             round_id=round_id,
@@ -128,6 +133,8 @@ class RoundDriver:
             graph_seed=graph_seed,
             strict=strict,
             allow_minority_threshold=allow_minority_threshold,
+            security=security,
+            authority_key=authority_key,
         )
         setup = self.server.setup
         logger.info(
@@ -159,6 +166,10 @@ class RoundDriver:
         if self._error is not None or self._index >= len(WIRE_STAGES):
             return None
         return WIRE_STAGES[self._index]
+
+    def bind_model(self, model_digest: bytes) -> None:
+        """The digest of the downlink sent with this round's mask stage (bound into its pairwise masks)."""
+        self.server.model_digest = model_digest
 
     @property
     def error(self) -> SecAggError | None:
@@ -292,11 +303,13 @@ def run_secagg_round(
     round_id: int,
     participants: Sequence[int],
     threshold: int | float,
-    neighbours: int | Literal["all"],
+    neighbours: Neighbours,
     quant: QuantConfig,
     graph_seed: bytes | None = None,
     strict: bool = False,
     allow_minority_threshold: bool = False,
+    security: SecurityParams | None = DEFAULT_SECURITY,
+    model_digest: bytes | None = None,
 ) -> AggregateResult:
     """Run one secure-aggregation round among ``participants`` through ``exchange``, a trip per stage.
 
@@ -309,8 +322,10 @@ def run_secagg_round(
         (error replies) are dropouts.
     threshold:
         An int ``t``, or a fraction in ``(0, 1]`` (:func:`resolve_threshold`).
-    neighbours, quant, graph_seed, strict, allow_minority_threshold:
+    neighbours, quant, graph_seed, strict, allow_minority_threshold, security:
         As for :class:`SecAggServer`.
+    model_digest:
+        The digest of the downlink sent with the mask stage, when there is one.
 
     Raises
     ------
@@ -328,7 +343,10 @@ def run_secagg_round(
         graph_seed=graph_seed,
         strict=strict,
         allow_minority_threshold=allow_minority_threshold,
+        security=security,
     )
+    if model_digest is not None:
+        driver.bind_model(model_digest)
     while (stage := driver.stage) is not None:
         raw = exchange(stage, driver.payloads())
         driver.deliver(raw)
@@ -346,9 +364,10 @@ class RoundPlan:
     number: int
     participants: tuple[int, ...]
     threshold: int | float
-    neighbours: int | Literal["all"]
+    neighbours: Neighbours
     quant: QuantConfig
     graph_seed: bytes | None = field(default=None, repr=False)
+    security: SecurityParams | None = DEFAULT_SECURITY
 
     def driver(self, *, prestarted: bool, strict: bool, allow_minority_threshold: bool) -> RoundDriver:
         """A fresh driver for this plan (:func:`protocol_round_id` gives its id)."""
@@ -361,6 +380,7 @@ class RoundPlan:
             graph_seed=self.graph_seed,
             strict=strict,
             allow_minority_threshold=allow_minority_threshold,
+            security=self.security,
         )
 
 
@@ -388,8 +408,11 @@ class RoundPipeline:
         """The plan of the round pre-started by the last :meth:`run`, if any."""
         return None if self._pending is None else self._pending[0]
 
-    def run(self, trip: Trip, plan: RoundPlan, *, next_plan: RoundPlan | None = None) -> AggregateResult:
+    def run(self, trip: Trip, plan: RoundPlan, *, next_plan: RoundPlan | None = None,
+            model_digest: bytes | None = None) -> AggregateResult:
         """Run round ``plan`` to its end, pre-starting ``next_plan`` in the same trips.
+
+        ``model_digest`` is the digest of the downlink this round's mask stage carries.
 
         Raises
         ------
@@ -402,6 +425,8 @@ class RoundPipeline:
         current = self._claim(plan)
         if current is None:
             current = plan.driver(prestarted=False, strict=self._strict, allow_minority_threshold=self._minority)
+        if model_digest is not None:
+            current.bind_model(model_digest)
         upcoming = self._prestart(next_plan)
         while _wants_trip(current, upcoming):
             run_trip(trip, _companions(current, upcoming))

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.errors import SecAggError
-from fedrec.secagg.errors import SecAggConfigError, SecAggMessageError
-from fedrec.secagg.field import (
+from fedrec.errors import SecAggConfigError, SecAggError, SecAggMessageError
+from fedrec.secagg.crypto.shamir import (
     ELEMENT_BYTES,
     PRIME,
     element_from_bytes,

@@ -61,10 +61,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.secagg.errors import SecAggError, SecAggMessageError
-from fedrec.secagg.field import ELEMENT_BYTES, PRIME
+from fedrec.errors import SecAggError, SecAggStateError
+from fedrec.secagg.crypto.keys import KEY_BYTES
+from fedrec.secagg.crypto.shamir import ELEMENT_BYTES, PRIME
 from fedrec.secagg.graph import GRAPH_SEED_BYTES
-from fedrec.secagg.keys import KEY_BYTES
 from fedrec.secagg.messages import Setup, UnmaskResponse
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
 
@@ -131,10 +131,6 @@ _FLAG_MINORITY = 1
 _U8 = np.dtype(np.uint8)
 _U64 = np.dtype(np.uint64)
 _F64 = np.dtype(np.float64)
-
-
-class SecAggStateError(SecAggMessageError):
-    """Stored secure-aggregation state is missing, inconsistent or from another layout."""
 
 
 @dataclass(repr=False)

@@ -10,6 +10,7 @@ server would see it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,15 +19,17 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from fedrec.secagg.client import SecAggClient
-from fedrec.secagg.errors import SecAggError
+from fedrec.errors import SecAggError
+from fedrec.secagg.crypto.identity import SimulationAuthority
+from fedrec.secagg.graph import DEFAULT_SECURITY, Neighbours, SecurityParams
 from fedrec.secagg.messages import MaskedInput, Message, RoutedShares, payload_size
+from fedrec.secagg.protocol_client import DeviceTrust, SecAggClient
+from fedrec.secagg.protocol_server import AggregateResult, SecAggServer
 from fedrec.secagg.quantize import QuantConfig
-from fedrec.secagg.server import AggregateResult, SecAggServer
 
 __all__ = ["STAGES", "RoundTrace", "Stage", "build_cohort", "run_round"]
 
-logger = logging.getLogger("fedrec.secagg.simulate")
+logger = logging.getLogger("fedrec.secagg.inprocess")
 
 Stage = Literal["advertise", "share", "mask", "unmask"]
 STAGES: tuple[Stage, ...] = ("advertise", "share", "mask", "unmask")
@@ -99,6 +102,7 @@ def run_round(
     *,
     dropouts: Mapping[int, Stage] | None = None,
     trace: RoundTrace | None = None,
+    model_digests: Mapping[int, bytes] | None = None,
 ) -> AggregateResult:
     """Drive every stage of ``server``'s round with ``clients`` and return the result.
 
@@ -108,6 +112,9 @@ def run_round(
         ``node -> stage``: the node sends nothing from that stage on
         (``"advertise"`` = never joins, ``"unmask"`` = masked input sent but
         no shares revealed).
+    model_digests:
+        ``node -> digest of the downlink it trained on``; nodes not listed use
+        :attr:`SecAggServer.model_digest` (what the server believes it sent).
 
     Raises
     ------
@@ -129,7 +136,8 @@ def run_round(
     routed = server_step("share", lambda: server.collect_shares(shr))
 
     def mask(client: SecAggClient, message: RoutedShares) -> MaskedInput:
-        return client.mask(message, inputs[client.node_id])
+        digest = (model_digests or {}).get(client.node_id, server.model_digest)
+        return client.mask(message, inputs[client.node_id], model_digest=digest)
 
     masked = _client_stage("mask", routed, mask, clients, drops, trace)
     requests = server_step("mask", lambda: server.collect_masked(masked))
@@ -142,13 +150,20 @@ def build_cohort(
     round_id: int,
     participants: Sequence[int],
     threshold: int,
-    neighbours: int | Literal["all"],
+    neighbours: Neighbours,
     quant: QuantConfig,
     reproducible_seed: int | None = None,
     allow_minority_threshold: bool = False,
     strict: bool = False,
+    security: SecurityParams | None = DEFAULT_SECURITY,
+    authority: SimulationAuthority | None = None,
 ) -> tuple[SecAggServer, dict[int, SecAggClient]]:
     """A server and one client per participant, ready for :func:`run_round`.
+
+    ``authority`` enrols the clients (identity = enrolment id = node id); a
+    fresh one when omitted (seeded with ``reproducible_seed``). ``security``
+    is the bound both the server's degree and every client hold to (``None``
+    for small test graphs).
 
     With ``reproducible_seed`` every key, seed, nonce, graph and rounding coin
     comes from a seeded generator, so a simulated round replays exactly.
@@ -162,6 +177,9 @@ def build_cohort(
         return generator.bytes
 
     graph_source = source(0)
+    if authority is None:
+        secret_source = source(1 << 64)
+        authority = SimulationAuthority(secret_source(32) if secret_source is not None else os.urandom(32))
     server = SecAggServer(
         round_id=round_id,
         participants=participants,
@@ -171,10 +189,13 @@ def build_cohort(
         graph_seed=None if graph_source is None else graph_source(32),
         strict=strict,
         allow_minority_threshold=allow_minority_threshold,
+        security=security,
+        authority_key=authority.public_key,
     )
     clients = {
         node: SecAggClient(
             node_id=node,
+            trust=DeviceTrust(authority.identity(node), authority.public_key, security),
             rng=np.random.default_rng(
                 None if reproducible_seed is None else [reproducible_seed, node]
             ),

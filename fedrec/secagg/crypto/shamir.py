@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
-from fedrec.secagg.errors import SecAggConfigError, SecAggMessageError
+from fedrec.errors import SecAggConfigError, SecAggMessageError
 
 __all__ = [
     "ELEMENT_BYTES",

@@ -11,12 +11,13 @@ import pytest
 from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import run_server
+from fedrec.server.loop import run_on_grid
 from fedrec.simulations.runner import simulate
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from testkit import RecordingGrid
 
 from fedrec import wire
 from fedrec.runconfig import RunConfig
@@ -27,22 +28,6 @@ BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 
 
-class RecordingGrid:
-    """A Grid that keeps every reply a device sent (what actually crossed the wire)."""
-
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
-        self.replies: list[Message] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.grid, name)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.replies.extend(replies)
-        return replies
-
-
 def _run(cfg: RunConfig, client: ClientApp, n_devices: int) -> tuple[RecordingGrid | None, list[Any]]:
     box: dict[str, Any] = {}
     app = ServerApp()
@@ -50,7 +35,7 @@ def _run(cfg: RunConfig, client: ClientApp, n_devices: int) -> tuple[RecordingGr
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = RecordingGrid(grid)
-        box["result"] = run_server(box["grid"], cfg, catalogue_for(cfg))
+        box["result"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg))
 
     run_simulation(server_app=app, client_app=client, num_supernodes=n_devices, backend_config=BACKEND)
     return box.get("grid"), box["result"].history
@@ -150,8 +135,12 @@ def test_bad_config_fails_before_the_first_round() -> None:
         validate(RunConfig.from_flat({**SMALL, "cohort": 100}))
 
 
+@pytest.mark.slow
 def test_a_device_that_times_out_is_a_dropout() -> None:
-    """Round 2: one device answers after the round timeout; the round goes on without it."""
+    """Round 2: one device answers after the round timeout; the round goes on without it.
+
+    Slow by nature (the server must wait out the timeout), so outside the default run.
+    """
     cfg = RunConfig.from_flat({**SMALL, "rounds": 2, "eval-every": 5, "round-timeout": 15.0})
     real = make_client_app()
     slow = ClientApp()
@@ -162,7 +151,7 @@ def test_a_device_that_times_out_is_a_dropout() -> None:
         if late and int(context.node_config["partition-id"]) == 0:
             import time
 
-            time.sleep(30)
+            time.sleep(cfg.round_timeout + 5)
         return real(msg, context)
 
     @slow.evaluate()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from fedrec.secagg.errors import SecAggConfigError
+from fedrec.errors import SecAggConfigError
 
 __all__ = [
     "DOMAIN_GRAPH",

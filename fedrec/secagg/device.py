@@ -1,10 +1,10 @@
-"""Secure aggregation over any message transport: the device side, payloads, update layout.
+"""Secure aggregation over any message transport: the DEVICE side (payload checks, admission, state).
 
 :func:`handle_secagg` answers one stage of one round on a device from its
 state mapping alone, so every stage may run in a different process;
 :func:`handle_secagg_parts` answers every part of one message (with pipelined
 rounds, one stage of each of two consecutive rounds), each part on its own. The
-server side lives in :mod:`fedrec.secagg.rounds`.
+server side lives in :mod:`fedrec.secagg.schedule`.
 
 Stages and payloads (the messages' ``to_dict`` forms)::
 
@@ -19,7 +19,7 @@ list of one of those, or a numpy array (:func:`check_payload`).
 
 Round ids must increase from one round to the next on a device (the server
 derives them from its round number, :func:`fedrec.secagg.protocol_round_id`).
-A device holds at most two live rounds (:mod:`fedrec.secagg.state`), each with
+A device holds at most two live rounds (:mod:`fedrec.secagg.device_state`), each with
 its own state and its own refusals:
 
 * a setup of a round not newer than the latest one begun here is refused; a
@@ -30,38 +30,28 @@ its own state and its own refusals:
   "that round is over" for an old or abandoned round, "no setup received"
   (discarding every live round) for a newer one.
 
-fedrec's update layout (:func:`quant_config_for`) is three segments in wire
-order: ``item_factors`` (``n_items * dim``, clipped to ``[-clip, clip]``),
-``item_bias`` (``n_items``, same clip) and ``counts`` (``n_items``, in
-``[0, max_count]``, summed exactly). :func:`flatten_update` and
-:func:`unflatten_sums` move between those segments and the arrays' natural
-shapes. With ``n`` contributors each element of a sum is within ``n / scale``
-of the exact sum of the clipped inputs (:mod:`fedrec.secagg.quantize`).
+fedrec's update layout lives in :mod:`fedrec.secagg.layout`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from fedrec.secagg.client import SecAggClient
-from fedrec.secagg.errors import (
+from fedrec.errors import (
     SecAggConfigError,
     SecAggError,
     SecAggMessageError,
     SecAggProtocolError,
+    SecAggStateError,
 )
-from fedrec.secagg.messages import Message, RoutedShares, coerce
-from fedrec.secagg.quantize import QuantConfig, SegmentSpec
-from fedrec.secagg.state import (
+from fedrec.secagg.device_state import (
     K_LAST_ROUND,
     DeviceState,
-    SecAggStateError,
     clear_state,
     drop_round,
     last_round,
@@ -69,31 +59,26 @@ from fedrec.secagg.state import (
     load_round,
     store_round,
 )
+from fedrec.secagg.layout import NO_MODEL
+from fedrec.secagg.messages import Message, RoutedShares, coerce
+from fedrec.secagg.protocol_client import DeviceTrust, SecAggClient
 from fedrec.wire import (
-    ARRAY_COUNTS,
-    ARRAY_ITEM_BIAS,
-    ARRAY_ITEM_FACTORS,
     SECAGG_MASK,
     SECAGG_SETUP,
     SECAGG_SHARE,
     SECAGG_STAGES,
     SECAGG_UNMASK,
-    UPDATE_SEGMENTS,
 )
 
 __all__ = [
     "WIRE_STAGES",
     "PartReplies",
     "check_payload",
-    "flatten_update",
     "handle_secagg",
     "handle_secagg_parts",
-    "quant_config_for",
-    "resolve_threshold",
-    "unflatten_sums",
 ]
 
-logger = logging.getLogger("fedrec.secagg.driver")
+logger = logging.getLogger("fedrec.secagg.device")
 
 WIRE_STAGES = SECAGG_STAGES
 """The wire stages of a round, in order."""
@@ -132,49 +117,6 @@ def check_payload(payload: Mapping[str, Any]) -> None:
             if not value or type(value[0]) in _SCALARS:
                 continue
         raise SecAggMessageError(f"payload key {key!r}: {type(value).__name__} does not fit a record")
-
-
-# -- server ------------------------------------------------------------------
-
-
-def _degree(n: int, neighbours: int | str) -> int:
-    if neighbours == "all":
-        return n - 1
-    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
-        raise SecAggConfigError(f"neighbours must be 'all' or a positive int, got {neighbours!r}")
-    return min(neighbours, n - 1)
-
-
-def resolve_threshold(
-    threshold: int | float,
-    *,
-    n_participants: int,
-    neighbours: int | Literal["all"],
-    allow_minority_threshold: bool = False,
-) -> int:
-    """The Shamir threshold ``t`` for a round.
-
-    An ``int`` is returned as given (the server checks it). A ``float`` ``f``
-    in ``(0, 1]`` is a fraction of each client's closed neighbourhood of
-    ``k + 1`` nodes (all participants for the complete graph):
-    ``t = ceil(f * (k + 1))``, raised to the majority ``k // 2 + 1`` unless
-    ``allow_minority_threshold`` and capped at ``k``.
-    """
-    if isinstance(threshold, bool):
-        raise SecAggConfigError(f"threshold must be an int or a float in (0, 1], got {threshold!r}")
-    if isinstance(threshold, int):
-        return threshold
-    if not isinstance(threshold, float) or not (math.isfinite(threshold) and 0.0 < threshold <= 1.0):
-        raise SecAggConfigError(f"threshold must be an int or a float in (0, 1], got {threshold!r}")
-    if n_participants < 2:
-        raise SecAggConfigError(f"need at least 2 participants, got {n_participants}")
-    k = _degree(n_participants, neighbours)
-    wanted = math.ceil(round(threshold * (k + 1), 9))
-    floor = 1 if allow_minority_threshold else k // 2 + 1
-    t = min(k, max(wanted, floor))
-    if t != wanted:
-        logger.info("threshold %.3f of %d nodes = %d, using t=%d (k=%d)", threshold, k + 1, wanted, t, k)
-    return t
 
 
 # -- client ------------------------------------------------------------------
@@ -262,7 +204,9 @@ def handle_secagg(
     state: DeviceState,
     *,
     node_id: int,
+    trust: DeviceTrust,
     segments: Callable[[], Mapping[str, np.ndarray]] | None = None,
+    model_digest: bytes = NO_MODEL,
     rng: np.random.Generator | None = None,
     randbytes: Callable[[int], bytes] | None = None,
     allow_minority_threshold: bool = False,
@@ -280,8 +224,11 @@ def handle_secagg(
     that cannot be read is discarded (a setup then starts the new round
     normally).
 
-    ``rng`` (rounding coins) and ``randbytes`` (keys, seeds, nonces) default
-    to OS randomness; simulations may inject seeded sources.
+    ``trust`` is the device's identity, trust anchor and security bound;
+    ``model_digest`` the digest of the downlink the mask part trained on
+    (:func:`fedrec.secagg.layout.model_digest`). ``rng`` (rounding coins) and
+    ``randbytes`` (keys, seeds, nonces) default to OS randomness; simulations
+    may inject seeded sources.
 
     Raises
     ------
@@ -306,10 +253,11 @@ def handle_secagg(
     if stage == SECAGG_SETUP:
         state[K_LAST_ROUND] = np.array([round_id], dtype=np.uint64)
         client = SecAggClient(
-            node_id=node_id, rng=rng, randbytes=randbytes, allow_minority_threshold=allow_minority_threshold
+            node_id=node_id, trust=trust, rng=rng, randbytes=randbytes,
+            allow_minority_threshold=allow_minority_threshold,
         )
     else:
-        client = _restore(state, stage, round_id, node_id, rng=rng, randbytes=randbytes)
+        client = _restore(state, stage, round_id, node_id, trust=trust, rng=rng, randbytes=randbytes)
         _discard_rounds(state, older, stage, round_id, node_id)
     message: Mapping[str, Any] | RoutedShares = payload
     if stage == SECAGG_MASK:
@@ -320,7 +268,7 @@ def handle_secagg(
             logger.warning("node %d refused mask: %s", node_id, exc)
             raise
     try:
-        reply = _run_stage(client, stage, message, segments)
+        reply = _run_stage(client, stage, message, segments, model_digest)
     except SecAggError:
         if client.state == "aborted":
             drop_round(state, round_id)
@@ -347,7 +295,9 @@ def handle_secagg_parts(
     state: DeviceState,
     *,
     node_id: int,
+    trust: DeviceTrust,
     segments: Callable[[], Mapping[str, np.ndarray]] | None = None,
+    model_digest: bytes = NO_MODEL,
     rng: np.random.Generator | None = None,
     randbytes: Callable[[int], bytes] | None = None,
     allow_minority_threshold: bool = False,
@@ -379,7 +329,9 @@ def handle_secagg_parts(
                 parts[stage],
                 state,
                 node_id=node_id,
+                trust=trust,
                 segments=segments,
+                model_digest=model_digest,
                 rng=rng,
                 randbytes=randbytes,
                 allow_minority_threshold=allow_minority_threshold,
@@ -411,104 +363,13 @@ def _run_stage(
     stage: str,
     message: Mapping[str, Any] | RoutedShares,
     segments: Callable[[], Mapping[str, np.ndarray]] | None,
+    model_digest: bytes,
 ) -> Message:
     if isinstance(message, RoutedShares):
         assert segments is not None
-        return client.mask(message, dict(segments()))
+        return client.mask(message, dict(segments()), model_digest=model_digest)
     if stage == SECAGG_SETUP:
         return client.advertise(message)
     if stage == SECAGG_SHARE:
         return client.share(message)
     return client.unmask(message)
-
-
-# -- fedrec update layout ------------------------------------------------------
-
-
-def quant_config_for(
-    *, n_items: int, dim: int, clip: float, bits: int, max_count: float, cohort: int
-) -> QuantConfig:
-    """The masked-vector layout of a fedrec update, scales resolved for ``cohort`` clients.
-
-    Segments, in wire order: ``item_factors`` (``n_items * dim``, in
-    ``[-clip, clip]``), ``item_bias`` (``n_items``, in ``[-clip, clip]``),
-    ``counts`` (``n_items``, in ``[0, max_count]``). Scales are the largest
-    powers of two the ring allows for ``cohort`` clients; the counts' scale
-    must be at least 1 so integer counts are summed exactly. Use the result
-    for any round of at most ``cohort`` participants.
-
-    Raises
-    ------
-    SecAggConfigError
-        A size or bound is invalid, or ``bits`` cannot hold ``cohort``
-        clients' sum of counts exactly.
-    """
-    for name, value in (("n_items", n_items), ("dim", dim), ("cohort", cohort)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SecAggConfigError(f"{name} must be a positive int, got {value!r}")
-    if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
-        raise SecAggConfigError(f"clip must be a positive finite number, got {clip!r}")
-    if not (isinstance(max_count, int | float) and math.isfinite(max_count) and max_count > 0):
-        raise SecAggConfigError(f"max_count must be a positive finite number, got {max_count!r}")
-    quant = QuantConfig(
-        segments=(
-            SegmentSpec.symmetric(ARRAY_ITEM_FACTORS, n_items * dim, clip=clip),
-            SegmentSpec.symmetric(ARRAY_ITEM_BIAS, n_items, clip=clip),
-            SegmentSpec(ARRAY_COUNTS, n_items, lo=0.0, hi=float(max_count)),
-        ),
-        bits=bits,
-    ).resolve(cohort)
-    counts = quant.segments[2]
-    assert counts.scale is not None
-    if counts.scale < 1:
-        raise SecAggConfigError(
-            f"bits={bits} cannot hold the exact sum of counts of {cohort} clients up to {max_count} "
-            f"each ({cohort * max_count:.0f} >= the ring's capacity); use bits=64 or a smaller cohort"
-        )
-    return quant
-
-
-def flatten_update(update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``item_factors (n_items, dim)``, ``item_bias (n_items,)``, ``counts (n_items,)`` -> 1-D segments.
-
-    Raises
-    ------
-    SecAggMessageError
-        A key is missing or unknown, or the shapes do not fit together.
-    """
-    missing = [k for k in UPDATE_SEGMENTS if k not in update]
-    unknown = [k for k in update if k not in UPDATE_SEGMENTS]
-    if missing or unknown:
-        raise SecAggMessageError(f"update: missing {missing}, unknown {unknown}")
-    factors = np.asarray(update[ARRAY_ITEM_FACTORS])
-    bias = np.asarray(update[ARRAY_ITEM_BIAS])
-    counts = np.asarray(update[ARRAY_COUNTS])
-    if factors.ndim != 2:
-        raise SecAggMessageError(f"update: item_factors must be (n_items, dim), got shape {factors.shape}")
-    n_items = factors.shape[0]
-    for name, arr in ((ARRAY_ITEM_BIAS, bias), (ARRAY_COUNTS, counts)):
-        if arr.shape != (n_items,):
-            raise SecAggMessageError(f"update: {name} must have shape ({n_items},), got {arr.shape}")
-    return {ARRAY_ITEM_FACTORS: factors.reshape(-1), ARRAY_ITEM_BIAS: bias, ARRAY_COUNTS: counts}
-
-
-def unflatten_sums(sums: Mapping[str, np.ndarray], *, n_items: int, dim: int) -> dict[str, np.ndarray]:
-    """Segment sums (``AggregateResult.sums``) -> arrays of shapes ``(n_items, dim)``, ``(n_items,)``, ``(n_items,)``.
-
-    Raises
-    ------
-    SecAggMessageError
-        A segment is missing or has the wrong length.
-    """
-    missing = [k for k in UPDATE_SEGMENTS if k not in sums]
-    if missing:
-        raise SecAggMessageError(f"sums: missing segments {missing}")
-    expected = {ARRAY_ITEM_FACTORS: n_items * dim, ARRAY_ITEM_BIAS: n_items, ARRAY_COUNTS: n_items}
-    out = {}
-    for name, length in expected.items():
-        arr = np.asarray(sums[name])
-        if arr.shape != (length,):
-            raise SecAggMessageError(f"sums: {name} has shape {arr.shape}, expected ({length},)")
-        out[name] = arr
-    out[ARRAY_ITEM_FACTORS] = out[ARRAY_ITEM_FACTORS].reshape(n_items, dim)
-    return out

@@ -5,6 +5,8 @@
 * HKDF-SHA256 turns each raw X25519 output into a 256-bit key whose ``info``
   names its purpose and the round, so a key never serves two purposes or two
   rounds.
+* The pairwise mask seed is bound to the round's downlink digest
+  (:func:`bind_model`) before it is expanded.
 * AES-256-GCM encrypts the share pair ``(share of b, share of s_sk)``; the
   associated data binds round, stage, sender and receiver, and the plaintext
   repeats sender and receiver, so a ciphertext replayed from another round or
@@ -22,15 +24,17 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedrec.secagg.errors import SecAggIntegrityError, SecAggMessageError
-from fedrec.secagg.field import ELEMENT_BYTES, element_from_bytes, element_to_bytes
+from fedrec.errors import SecAggIntegrityError, SecAggMessageError
+from fedrec.secagg.crypto.shamir import ELEMENT_BYTES, element_from_bytes, element_to_bytes
 
 __all__ = [
     "CIPHERTEXT_BYTES",
     "KEY_BYTES",
     "STAGE_SHARE",
     "KeyPair",
+    "MODEL_DIGEST_BYTES",
     "agree",
+    "bind_model",
     "decrypt_shares",
     "encrypt_shares",
     "mask_seed",
@@ -52,6 +56,8 @@ CIPHERTEXT_BYTES = NONCE_BYTES + _PLAINTEXT_BYTES + 16
 
 _SHARE_INFO = b"fedrec-secagg share"
 _MASK_INFO = b"fedrec-secagg mask"
+_MODEL_INFO = b"fedrec-secagg mask model v1\x00"
+MODEL_DIGEST_BYTES = 32
 
 
 class KeyPair:
@@ -111,6 +117,19 @@ def mask_seed(shared: bytes, *, round_id: int, a: int, b: int) -> bytes:
     low, high = min(a, b), max(a, b)
     info = _MASK_INFO + b"|" + round_id.to_bytes(8, "big") + _IDS.pack(low, high)
     return _hkdf(shared, info)
+
+
+def bind_model(pair_seed: bytes, *, model_digest: bytes) -> bytes:
+    """The pairwise mask key actually expanded: ``pair_seed`` bound to the round's downlink digest.
+
+    ``HKDF-SHA256(pair_seed, info = b"fedrec-secagg mask model v1\\0" || digest)``.
+    Two devices sent different tables (or round settings) derive different
+    keys, so their pairwise masks do not cancel and the sum the server gets
+    is uniformly random (:func:`fedrec.secagg.layout.model_digest`).
+    """
+    if not isinstance(model_digest, bytes) or len(model_digest) != MODEL_DIGEST_BYTES:
+        raise SecAggMessageError(f"model digest must be {MODEL_DIGEST_BYTES} bytes")
+    return _hkdf(pair_seed, _MODEL_INFO + model_digest)
 
 
 def _associated_data(round_id: int, sender: int, receiver: int) -> bytes:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrec.secagg.errors import SecAggIntegrityError, SecAggMessageError
-from fedrec.secagg.field import PRIME
-from fedrec.secagg.keys import (
+from fedrec.errors import SecAggIntegrityError, SecAggMessageError
+from fedrec.secagg.crypto.keys import (
     CIPHERTEXT_BYTES,
     KeyPair,
     decrypt_shares,
@@ -15,6 +14,7 @@ from fedrec.secagg.keys import (
     mask_seed,
     share_key,
 )
+from fedrec.secagg.crypto.shamir import PRIME
 
 ALICE, BOB, CAROL = 11, 2**64 - 1, 5
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import pytest
-from opacus.accountants import RDPAccountant
+from testkit import opacus_epsilon
 
 from fedrec import wire
 from fedrec.errors import ConfigError, PrivacyError
@@ -26,12 +25,7 @@ from fedrec.train.aggregate import RoundSums
 
 
 def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        accountant = RDPAccountant()
-        for _ in range(steps):
-            accountant.step(noise_multiplier=sigma, sample_rate=q)
-        return float(accountant.get_epsilon(delta=delta))
+    return opacus_epsilon([(sigma, q, steps)], delta)
 
 
 def _user_policy(*, population: int = 1000, noise: str = "central", t_min: int | None = None,
@@ -192,7 +186,7 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
     """Real ServerApp and ClientApps on Ray: every row has epsilon; no DP device sends counts."""
     from fedrec.client.app import make_client_app
     from fedrec.server.app import catalogue_for
-    from fedrec.server.loop import run_server
+    from fedrec.server.loop import run_on_grid
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -218,7 +212,7 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
             return out
 
         grid.send_and_receive = recording  # type: ignore[method-assign]
-        box["result"] = run_server(grid, cfg, catalogue_for(cfg))
+        box["result"] = run_on_grid(grid, cfg, catalogue_for(cfg))
 
     run_simulation(server_app=app, client_app=make_client_app(), num_supernodes=16,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from secagg_helpers import stored, wire
+from secagg_helpers import stored, trust, wire
 
 from fedrec.errors import SecAggAbort, SecAggError
 from fedrec.secagg import (
@@ -30,8 +30,16 @@ from fedrec.secagg import (
     run_secagg_round,
     unflatten_sums,
 )
-from fedrec.secagg.simulate import STAGES, Stage, run_round
-from fedrec.secagg.state import PREFIX, last_round, live_rounds, load_round, store_round, stored_round, stored_stage
+from fedrec.secagg.device_state import (
+    PREFIX,
+    last_round,
+    live_rounds,
+    load_round,
+    store_round,
+    stored_round,
+    stored_stage,
+)
+from fedrec.secagg.inprocess import STAGES, Stage, run_round
 from fedrec.wire import (
     SECAGG_MASK,
     SECAGG_SETUP,
@@ -103,7 +111,14 @@ class Network:
         state = stored(self.states[node])
         try:
             return handle_secagg(
-                stage, wire(payload), state, node_id=node, segments=self.segments(node), rng=rng, randbytes=randbytes
+                stage,
+                wire(payload),
+                state,
+                node_id=node,
+                trust=trust(node),
+                segments=self.segments(node),
+                rng=rng,
+                randbytes=randbytes,
             )
         finally:
             self.states[node] = stored(state)
@@ -150,6 +165,7 @@ def drive(
 ) -> AggregateResult:
     return run_secagg_round(
         net,
+        security=None,
         round_id=round_id,
         participants=list(net.updates),
         threshold=threshold,
@@ -195,6 +211,7 @@ def reference(
 ) -> AggregateResult | str:
     quant = layout(len(updates))
     server = SecAggServer(
+        security=None,
         round_id=seed,
         participants=list(updates),
         threshold=threshold,
@@ -205,6 +222,7 @@ def reference(
     clients = {
         node: SecAggClient(
             node_id=node,
+            trust=trust(node),
             rng=np.random.default_rng([seed, node]),
             randbytes=np.random.default_rng([seed, node + 1]).bytes,
         )
@@ -300,7 +318,7 @@ def test_segments_are_requested_only_in_the_mask_stage() -> None:
 
 def test_failed_training_leaves_the_state_for_a_retry() -> None:
     net = Network(make_updates(IDS, 7))
-    server = SecAggServer(round_id=3, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=3, participants=IDS, threshold=5, neighbours="all", quant=layout())
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     routed = server.collect_shares({n: net.deliver(n, SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
     node, before = IDS[0], stored(net.states[IDS[0]])
@@ -310,7 +328,7 @@ def test_failed_training_leaves_the_state_for_a_retry() -> None:
 
     state = stored(before)
     with pytest.raises(RuntimeError):
-        handle_secagg(SECAGG_MASK, routed[node].to_dict(), state, node_id=node, segments=broken)
+        handle_secagg(SECAGG_MASK, routed[node].to_dict(), state, node_id=node, trust=trust(node), segments=broken)
     assert stored_stage(state) == "shared" and set(state) == set(before)
     with pytest.raises(SecAggMessageError, match="item_bias must have shape"):
         handle_secagg(
@@ -318,10 +336,13 @@ def test_failed_training_leaves_the_state_for_a_retry() -> None:
             routed[node].to_dict(),
             state,
             node_id=node,
+            trust=trust(node),
             segments=lambda: flatten_update({**net.updates[node], "item_bias": np.zeros(2)}),
         )
     assert stored_stage(state) == "shared"
-    reply = handle_secagg(SECAGG_MASK, routed[node].to_dict(), state, node_id=node, segments=net.segments(node))
+    reply = handle_secagg(
+        SECAGG_MASK, routed[node].to_dict(), state, node_id=node, trust=trust(node), segments=net.segments(node)
+    )
     assert reply["masked"].shape == (layout().total_length,) and stored_stage(state) == "masked"
 
 
@@ -377,6 +398,7 @@ def test_layout_for_a_cohort_serves_any_smaller_round_but_not_a_larger_one() -> 
     assert_within_bound(result, layout(len(IDS)), updates)
     with pytest.raises(SecAggConfigError, match="could wrap"):
         SecAggServer(
+            security=None,
             round_id=1,
             participants=list(range(1, 40)),
             threshold=20,
@@ -397,10 +419,10 @@ def test_replayed_messages_of_an_earlier_round_are_refused() -> None:
     for stage in WIRE_STAGES:
         state = stored(net.states[node])
         with pytest.raises(SecAggProtocolError, match="round 4"):
-            handle_secagg(stage, old[stage][node], state, node_id=node, segments=net.segments(node))
+            handle_secagg(stage, old[stage][node], state, node_id=node, trust=trust(node), segments=net.segments(node))
         assert set(state) == {PREFIX + "last_round"}
 
-    server = SecAggServer(round_id=5, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=5, participants=IDS, threshold=5, neighbours="all", quant=layout())
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     routed = server.collect_shares({n: net.deliver(n, SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
     before = stored(net.states[node])
@@ -419,7 +441,7 @@ def test_replayed_messages_of_an_earlier_round_are_refused() -> None:
 
 def test_repeated_or_out_of_order_messages_of_the_current_round_leave_state_alone() -> None:
     net = Network(make_updates(IDS, 12))
-    server = SecAggServer(round_id=8, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=8, participants=IDS, threshold=5, neighbours="all", quant=layout())
     setup = server.setup.to_dict()
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, setup) for n in IDS})
     node = IDS[0]
@@ -440,7 +462,7 @@ def test_repeated_or_out_of_order_messages_of_the_current_round_leave_state_alon
 
 def test_a_new_round_discards_an_unfinished_one() -> None:
     net = Network(make_updates(IDS, 13))
-    server = SecAggServer(round_id=20, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=20, participants=IDS, threshold=5, neighbours="all", quant=layout())
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     for n in IDS:
         net.deliver(n, SECAGG_SHARE, keys[n].to_dict())
@@ -453,47 +475,47 @@ def test_a_new_round_discards_an_unfinished_one() -> None:
     assert set(net.states[IDS[0]]) == {PREFIX + "last_round"} and last_round(net.states[IDS[0]]) == 21
     assert old_peers.size
     state = stored(net.states[IDS[1]])
-    handle_secagg(SECAGG_SETUP, server.setup.to_dict() | {"round_id": 30}, state, node_id=IDS[1])
+    handle_secagg(SECAGG_SETUP, server.setup.to_dict() | {"round_id": 30}, state, node_id=IDS[1], trust=trust(IDS[1]))
     with pytest.raises(SecAggProtocolError, match="round 31 refused, no setup received"):
-        handle_secagg(SECAGG_SHARE, {"round_id": 31}, state, node_id=IDS[1])
+        handle_secagg(SECAGG_SHARE, {"round_id": 31}, state, node_id=IDS[1], trust=trust(IDS[1]))
     assert stored_round(state) is None and last_round(state) == 30
 
 
 def test_setup_of_a_round_this_node_is_not_in_aborts_only_that_round() -> None:
     state: dict[str, np.ndarray] = {"user.9.bias": np.zeros(1, np.float32)}
-    server = SecAggServer(round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
     with pytest.raises(SecAggMessageError, match="not a participant"):
-        handle_secagg(SECAGG_SETUP, server.setup.to_dict(), state, node_id=1000)
+        handle_secagg(SECAGG_SETUP, server.setup.to_dict(), state, node_id=1000, trust=trust(1000))
     assert set(state) == {"user.9.bias", PREFIX + "last_round"}
     with pytest.raises(SecAggProtocolError, match="round 2 refused, that round is over"):
-        handle_secagg(SECAGG_SHARE, {"round_id": 2}, state, node_id=1000)
+        handle_secagg(SECAGG_SHARE, {"round_id": 2}, state, node_id=1000, trust=trust(1000))
 
 
 def test_handler_input_checks() -> None:
     state: dict[str, np.ndarray] = {}
     with pytest.raises(SecAggMessageError, match="unknown secure-aggregation stage"):
-        handle_secagg("train", {}, state, node_id=1)
+        handle_secagg("train", {}, state, node_id=1, trust=trust(1))
     with pytest.raises(SecAggConfigError, match="needs a segments"):
-        handle_secagg(SECAGG_MASK, {"round_id": 1}, state, node_id=1)
+        handle_secagg(SECAGG_MASK, {"round_id": 1}, state, node_id=1, trust=trust(1))
     for payload in ({}, {"round_id": -1}, {"round_id": True}, {"round_id": "1"}):
         with pytest.raises(SecAggMessageError, match="round_id"):
-            handle_secagg(SECAGG_SHARE, payload, state, node_id=1)
+            handle_secagg(SECAGG_SHARE, payload, state, node_id=1, trust=trust(1))
     with pytest.raises(SecAggMessageError, match="mapping"):
-        handle_secagg(SECAGG_SHARE, [1], state, node_id=1)  # type: ignore[arg-type]
+        handle_secagg(SECAGG_SHARE, [1], state, node_id=1, trust=trust(1))  # type: ignore[arg-type]
     assert state == {}
 
 
 def test_state_of_another_node_is_refused() -> None:
     net = Network(make_updates(IDS, 14))
-    server = SecAggServer(round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     with pytest.raises(SecAggStateError, match=f"belongs to node {IDS[0]}"):
-        handle_secagg(SECAGG_SHARE, keys[IDS[1]].to_dict(), net.states[IDS[0]], node_id=IDS[1])
+        handle_secagg(SECAGG_SHARE, keys[IDS[1]].to_dict(), net.states[IDS[0]], node_id=IDS[1], trust=trust(IDS[1]))
 
 
 def test_misaddressed_routed_shares_abort_the_round_on_the_device() -> None:
     net = Network(make_updates(IDS, 15))
-    server = SecAggServer(round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=2, participants=IDS, threshold=5, neighbours="all", quant=layout())
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     routed = server.collect_shares({n: net.deliver(n, SECAGG_SHARE, keys[n].to_dict()) for n in IDS})
     with pytest.raises(SecAggMessageError, match="addressed to node"):
@@ -523,7 +545,9 @@ def test_misaddressed_routed_shares_abort_the_round_on_the_device() -> None:
     ],
 )
 def test_threshold_resolution(threshold: float, n: int, neighbours: Any, minority: bool, expected: int) -> None:
-    t = resolve_threshold(threshold, n_participants=n, neighbours=neighbours, allow_minority_threshold=minority)
+    t = resolve_threshold(
+        threshold, n_participants=n, neighbours=neighbours, allow_minority_threshold=minority, params=None
+    )
     assert t == expected
 
 
@@ -554,8 +578,18 @@ def test_check_payload_refuses_what_a_record_cannot_hold(payload: dict[Any, Any]
 
 
 def test_check_payload_accepts_record_values() -> None:
-    check_payload({"i": 2**64 - 1, "f": 0.5, "s": "x", "b": b"\x00", "t": True, "l": [b"a", b"b"], "e": [],
-                   "a": np.zeros(3, np.uint32)})
+    check_payload(
+        {
+            "i": 2**64 - 1,
+            "f": 0.5,
+            "s": "x",
+            "b": b"\x00",
+            "t": True,
+            "l": [b"a", b"b"],
+            "e": [],
+            "a": np.zeros(3, np.uint32),
+        }
+    )
 
 
 # -- secrets -------------------------------------------------------------------------
@@ -593,7 +627,7 @@ def test_driver_logs_counts_and_never_secrets(caplog: pytest.LogCaptureFixture) 
 
 def test_unreadable_state_is_discarded_and_a_setup_starts_afresh() -> None:
     net = Network(make_updates(IDS, 18))
-    server = SecAggServer(round_id=6, participants=IDS, threshold=5, neighbours="all", quant=layout())
+    server = SecAggServer(security=None, round_id=6, participants=IDS, threshold=5, neighbours="all", quant=layout())
     keys = server.collect_keys({n: net.deliver(n, SECAGG_SETUP, server.setup.to_dict()) for n in IDS})
     node = IDS[0]
     store_round(net.states[node], 6, {**load_round(net.states[node], 6), PREFIX + "seed": np.zeros(5, np.uint8)})
@@ -629,7 +663,9 @@ def test_round_through_flower_records() -> None:
         state = {k: a.numpy() for k, a in record.items()}
         try:
             return as_record(
-                handle_secagg(stage, as_record(payload), state, node_id=node, segments=net.segments(node))
+                handle_secagg(
+                    stage, as_record(payload), state, node_id=node, trust=trust(node), segments=net.segments(node)
+                )
             )
         finally:
             states[node] = serde.array_record_to_proto(

@@ -1,4 +1,4 @@
-"""The client side of one SecAgg+ round as a small state machine.
+"""The DEVICE side of one SecAgg+ round as a small state machine (no transport).
 
 ``advertise -> share -> mask -> unmask``, each called once with the server's
 message for that stage. Any refusal (a :class:`SecAggError` raised while
@@ -8,13 +8,20 @@ trusted with an answer to the next. Errors in the client's own input vector
 are the exception: they are raised before anything is sent and leave the
 state untouched so the caller can fix the input and call again.
 
+Against a server that cheats, a client (with its :class:`DeviceTrust`)
+refuses round settings below the security bound (:func:`fedrec.secagg.graph.check_security`),
+signs its advertisement with its certified identity key, recomputes the graph
+from the hash of every signed advertisement, and verifies each neighbour's
+certificate and signature before it shares anything; the pairwise masks are
+bound to the digest of the downlink it trained on.
+
 Secrets (private keys, the self-mask seed, derived keys, shares) live in
 private attributes, never appear in the repr or in log records, and are
 dropped as soon as the protocol no longer needs them.
 
 :meth:`SecAggClient.to_state` and :meth:`SecAggClient.from_state` move the
 whole client into and out of a device-state mapping of numpy arrays
-(:mod:`fedrec.secagg.state`), so each stage may run in a different process.
+(:mod:`fedrec.secagg.device_state`), so each stage may run in a different process.
 """
 
 from __future__ import annotations
@@ -23,23 +30,38 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.secagg.errors import (
+from fedrec.errors import (
     SecAggError,
+    SecAggIntegrityError,
     SecAggMessageError,
     SecAggProtocolError,
+    SecAggStateError,
 )
-from fedrec.secagg.field import element_to_bytes, split
-from fedrec.secagg.graph import check_threshold, neighbours_of
-from fedrec.secagg.keys import (
+from fedrec.secagg.crypto.identity import DeviceIdentity, advert_digest, advert_statement, verify_advert
+from fedrec.secagg.crypto.keys import (
     KeyPair,
+    bind_model,
     decrypt_shares,
     encrypt_shares,
     mask_seed,
     share_key,
 )
+from fedrec.secagg.crypto.prg import DOMAIN_PAIR, DOMAIN_SELF, expand
+from fedrec.secagg.crypto.shamir import element_to_bytes, split
+from fedrec.secagg.device_state import ClientSnapshot, decode, encode
+from fedrec.secagg.graph import (
+    DEFAULT_SECURITY,
+    SecurityParams,
+    check_security,
+    check_threshold,
+    graph_seed,
+    neighbours_of,
+)
+from fedrec.secagg.layout import NO_MODEL
 from fedrec.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
@@ -50,14 +72,13 @@ from fedrec.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
     coerce,
+    setup_digest,
 )
-from fedrec.secagg.prg import DOMAIN_PAIR, DOMAIN_SELF, expand
 from fedrec.secagg.quantize import quantize
-from fedrec.secagg.state import ClientSnapshot, SecAggStateError, decode, encode
 
-__all__ = ["SecAggClient"]
+__all__ = ["DeviceTrust", "SecAggClient"]
 
-logger = logging.getLogger("fedrec.secagg.client")
+logger = logging.getLogger("fedrec.secagg.protocol_client")
 
 SEED_BYTES = 32
 
@@ -69,6 +90,27 @@ _DONE = "done"
 _ABORTED = "aborted"
 
 
+@dataclass(frozen=True)
+class DeviceTrust:
+    """What a device brings to every round: its certified identity, the anchor, its security bound.
+
+    Attributes
+    ----------
+    identity:
+        The device's Ed25519 identity key and certificate.
+    authority_key:
+        The enrolment authority's Ed25519 public key (32 bytes): the only key
+        peers' certificates are checked against. Never taken from the server.
+    security:
+        The bound the device holds the server's ``k`` and ``t`` to;
+        ``None`` accepts any (small test graphs only).
+    """
+
+    identity: DeviceIdentity
+    authority_key: bytes = field(repr=False)
+    security: SecurityParams | None = DEFAULT_SECURITY
+
+
 class SecAggClient:
     """One client's part in one secure-aggregation round.
 
@@ -76,6 +118,8 @@ class SecAggClient:
     ----------
     node_id:
         This client's id (an int in ``[0, 2^64)``), as listed in the setup.
+    trust:
+        Identity, trust anchor and security bound (:class:`DeviceTrust`).
     rng:
         Source of the stochastic-rounding coins; a fresh OS-seeded generator
         when omitted.
@@ -90,18 +134,23 @@ class SecAggClient:
         self,
         *,
         node_id: int,
+        trust: DeviceTrust,
         rng: np.random.Generator | None = None,
         randbytes: Callable[[int], bytes] | None = None,
         allow_minority_threshold: bool = False,
     ) -> None:
         if isinstance(node_id, bool) or not isinstance(node_id, int) or not 0 <= node_id < 1 << 64:
             raise SecAggMessageError(f"node id {node_id!r} is not an int in [0, 2^64)")
+        if not isinstance(trust, DeviceTrust):
+            raise SecAggMessageError(f"trust must be a DeviceTrust, got {type(trust).__name__}")
         self._node_id = node_id
+        self._trust = trust
         self._rng = rng if rng is not None else np.random.default_rng()
         self._randbytes = randbytes if randbytes is not None else os.urandom
         self._allow_minority = allow_minority_threshold
         self._state = _NEW
         self._setup: Setup | None = None
+        self._setup_digest = bytes(32)
         self._neighbours: frozenset[int] = frozenset()
         self._c_key: KeyPair | None = None
         self._s_key: KeyPair | None = None
@@ -173,14 +222,9 @@ class SecAggClient:
             if self._node_id not in setup.participants:
                 raise SecAggMessageError(f"Setup: node {self._node_id} is not a participant")
             check_threshold(setup.threshold, setup.k, allow_minority_threshold=self._allow_minority)
-            self._neighbours = neighbours_of(
-                self._node_id,
-                setup.participants,
-                degree=setup.degree,
-                seed=setup.graph_seed,
-                round_id=setup.round_id,
-            )
+            check_security(len(setup.participants), setup.k, setup.threshold, params=self._trust.security)
             self._setup = setup
+            self._setup_digest = setup_digest(setup)
             self._c_key = KeyPair.generate(self._randbytes)
             self._s_key = KeyPair.generate(self._randbytes)
             self._seed = self._randbytes(SEED_BYTES)
@@ -188,19 +232,31 @@ class SecAggClient:
                 raise SecAggProtocolError("generated identical key pairs; randomness is broken")
             self._state = _ADVERTISED
             logger.debug("node %d advertised keys for round %d", self._node_id, setup.round_id)
-            return AdvertiseKeys(
-                round_id=setup.round_id,
-                node_id=self._node_id,
-                c_pk=self._c_key.public,
-                s_pk=self._s_key.public,
-            )
+            return self._advert(setup.round_id)
+
+    def _advert(self, round_id: int) -> AdvertiseKeys:
+        """This node's signed advertisement (Ed25519 signatures are deterministic: the same every call)."""
+        assert self._c_key is not None and self._s_key is not None
+        identity = self._trust.identity
+        return AdvertiseKeys(
+            round_id=round_id,
+            node_id=self._node_id,
+            c_pk=self._c_key.public,
+            s_pk=self._s_key.public,
+            certificate=identity.certificate.to_bytes(),
+            signature=identity.sign_advert(
+                round_id=round_id, node_id=self._node_id, c_pk=self._c_key.public, s_pk=self._s_key.public,
+                setup_digest=self._setup_digest),
+        )
 
     def share(self, keys: PeerKeys | Mapping[str, object]) -> ShareKeys:
         """Stage 2: secret-share ``b`` and ``s_sk`` among the neighbours whose keys arrived."""
         with self._stage("share", _ADVERTISED):
             keys = coerce(PeerKeys, keys)
             setup = self._check_addressing("PeerKeys", keys.round_id, keys.node_id)
+            self._neighbours = self._graph_from(keys, setup)
             self._check_peer_keys(keys, setup.threshold)
+            self._verify_peers(keys, setup.round_id)
             self._agree_with_peers(keys, setup.round_id)
             ciphertexts = self._encrypt_shares(setup, sorted(keys.peers))
             self._c_key = None
@@ -220,10 +276,60 @@ class SecAggClient:
                 self._s_key.agree(s_pk), round_id=round_id, a=self._node_id, b=peer
             )
 
-    def _check_peer_keys(self, keys: PeerKeys, threshold: int) -> None:
-        strangers = sorted(set(keys.peers) - self._neighbours)
+    def _graph_from(self, keys: PeerKeys, setup: Setup) -> frozenset[int]:
+        """This node's neighbours under the seed hashed from every advertisement (never the server's list)."""
+        digests = keys.digest_map()
+        strangers = sorted(set(digests) - set(setup.participants))
         if strangers:
-            raise SecAggMessageError(f"PeerKeys: nodes {strangers} are not neighbours of this node")
+            raise SecAggMessageError(f"PeerKeys: advertisers {strangers} are not participants")
+        own = self._advert(setup.round_id)
+        mine = advert_digest(advert_statement(
+            round_id=own.round_id, node_id=own.node_id, c_pk=own.c_pk, s_pk=own.s_pk,
+            setup_digest=self._setup_digest, certificate=own.certificate), own.signature)
+        if digests.get(self._node_id) != mine:
+            raise SecAggIntegrityError(
+                f"PeerKeys: the advertisement digest listed for node {self._node_id} is not the one it signed")
+        seed = graph_seed(round_id=setup.round_id, server_nonce=setup.graph_seed, adverts=digests)
+        return neighbours_of(self._node_id, setup.participants, degree=setup.degree, seed=seed,
+                             round_id=setup.round_id)
+
+    def _verify_peers(self, keys: PeerKeys, round_id: int) -> None:
+        """Every neighbour's certificate and signature, checked against the trust anchor, before any share.
+
+        Raises
+        ------
+        SecAggIntegrityError
+            A certificate not from the authority, a signature over other keys
+            (key substitution), a digest that is not the advertisement's, or
+            two neighbours (or a neighbour and this node) with one enrolment id.
+        """
+        digests = keys.digest_map()
+        subjects = {self._trust.identity.certificate.subject: self._node_id}
+        rows = zip(keys.peers, keys.c_pks, keys.s_pks, keys.certificates, keys.signatures, strict=True)
+        for peer, c_pk, s_pk, cert, sig in rows:
+            try:
+                subject = verify_advert(authority_key=self._trust.authority_key, round_id=round_id, node_id=peer,
+                                        c_pk=c_pk, s_pk=s_pk, setup_digest=self._setup_digest, certificate=cert,
+                                        signature=sig).subject
+            except SecAggIntegrityError as exc:
+                raise SecAggIntegrityError(f"PeerKeys: node {peer} refused: {exc}") from None
+            statement = advert_statement(round_id=round_id, node_id=peer, c_pk=c_pk, s_pk=s_pk,
+                                         setup_digest=self._setup_digest, certificate=cert)
+            if advert_digest(statement, sig) != digests.get(peer):
+                raise SecAggIntegrityError(f"PeerKeys: node {peer}'s advertisement does not match its listed digest")
+            if subject in subjects:
+                raise SecAggIntegrityError(
+                    f"PeerKeys: nodes {subjects[subject]} and {peer} present one enrolment id {subject}")
+            subjects[subject] = peer
+
+    def _check_peer_keys(self, keys: PeerKeys, threshold: int) -> None:
+        expected = self._neighbours & set(keys.advertisers)
+        if set(keys.peers) != expected:
+            strangers = sorted(set(keys.peers) - expected)
+            withheld = sorted(expected - set(keys.peers))
+            raise SecAggMessageError(
+                f"PeerKeys: peers do not match this node's advertising neighbours: {strangers} are not "
+                f"neighbours, {withheld} were withheld")
         if len(keys.peers) < threshold:
             raise SecAggProtocolError(
                 f"PeerKeys: only {len(keys.peers)} neighbours left, threshold is {threshold}"
@@ -272,12 +378,16 @@ class SecAggClient:
         self,
         shares: RoutedShares | Mapping[str, object],
         segments: Mapping[str, np.ndarray] | np.ndarray,
+        *,
+        model_digest: bytes = NO_MODEL,
     ) -> MaskedInput:
         """Stage 3: keep the neighbours' shares and send the masked, quantized input.
 
         ``segments`` maps each layout segment name to a 1-D float array of
         its length; a bare array is accepted when the layout has one segment.
         Values are clipped to each segment's bounds before quantization.
+        ``model_digest`` (:func:`fedrec.secagg.layout.model_digest` of the
+        downlink the input was computed from) is bound into every pairwise mask.
         """
         if self._state != _SHARED:
             raise SecAggProtocolError(
@@ -294,7 +404,7 @@ class SecAggClient:
             routed = coerce(RoutedShares, shares)
             setup = self._check_addressing("RoutedShares", routed.round_id, routed.node_id)
             self._open_shares(routed, setup)
-            self._apply_masks(encoded, setup, sorted(routed.senders))
+            self._apply_masks(encoded, setup, sorted(routed.senders), model_digest)
             self._forget_keys()
             self._state = _MASKED
             logger.debug(
@@ -325,14 +435,13 @@ class SecAggClient:
                 ciphertext=ciphertext,
             )
 
-    def _apply_masks(self, acc: np.ndarray, setup: Setup, peers: list[int]) -> None:
+    def _apply_masks(self, acc: np.ndarray, setup: Setup, peers: list[int], model_digest: bytes) -> None:
         assert self._seed is not None
         n, dtype, rid = acc.shape[0], acc.dtype, setup.round_id
         np.add(acc, expand(self._seed, n, dtype=dtype, round_id=rid, domain=DOMAIN_SELF), out=acc)
         for peer in peers:
-            stream = expand(
-                self._mask_seeds[peer], n, dtype=dtype, round_id=rid, domain=DOMAIN_PAIR
-            )
+            key = bind_model(self._mask_seeds[peer], model_digest=model_digest)
+            stream = expand(key, n, dtype=dtype, round_id=rid, domain=DOMAIN_PAIR)
             if peer > self._node_id:
                 np.add(acc, stream, out=acc)
             else:
@@ -430,6 +539,7 @@ class SecAggClient:
         cls,
         state: Mapping[str, np.ndarray],
         *,
+        trust: DeviceTrust,
         rng: np.random.Generator | None = None,
         randbytes: Callable[[int], bytes] | None = None,
     ) -> SecAggClient:
@@ -443,12 +553,15 @@ class SecAggClient:
         snap = decode(state)
         client = cls(
             node_id=snap.node_id,
+            trust=trust,
             rng=rng,
             randbytes=randbytes,
             allow_minority_threshold=snap.allow_minority_threshold,
         )
         client._state = snap.stage
         client._setup = snap.setup
+        if snap.setup is not None:
+            client._setup_digest = setup_digest(snap.setup)
         client._neighbours = snap.neighbours
         try:
             client._c_key = None if snap.c_sk is None else KeyPair.from_private_bytes(snap.c_sk)
