@@ -16,12 +16,12 @@ from __future__ import annotations
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from .device import EvaluateHandler, SourceProvider, TrainHandler, simulation_source
+from .device import EvaluateHandler, SourceProvider, TrainHandler, device_source
 from .secagg import register_secagg
 from .secure_eval import register_secure_eval
 
 
-def make_client_app(source: SourceProvider = simulation_source, *, mods: list[Mod] | None = None) -> ClientApp:
+def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods."""
     app = ClientApp(mods=mods)
     app.train()(TrainHandler(source))

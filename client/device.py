@@ -23,6 +23,7 @@ from fedrec.errors import ConfigError, SecAggError
 from fedrec.federated.device import DeviceRound, device_evaluate, device_train
 from fedrec.runconfig import RunConfig
 
+from .node import store_source
 from .records import Downlink, load_state, metrics_content, parse_downlink, save_state, update_content
 
 SourceProvider = Callable[[Context, RunConfig], InteractionSource]
@@ -41,6 +42,13 @@ def simulation_source(context: Context, cfg: RunConfig) -> InteractionSource:
     if not 0 <= pid < count:
         raise ConfigError(f"partition-id {pid} outside the {count} partitions of {cfg.data.dataset!r}")
     return dataset.source(partition_of(dataset.n_users, pid, users_per_client=upc, seed=cfg.fed.seed))
+
+
+def device_source(context: Context, cfg: RunConfig) -> InteractionSource:
+    """The on-device store when the node config names one (``Device.join``), else the simulation partition."""
+    if wire.NODE_STORE in context.node_config:
+        return store_source(context, cfg)
+    return simulation_source(context, cfg)
 
 
 class TrainHandler:

@@ -14,6 +14,8 @@ from fedrec.model.params import GlobalParams
 from fedrec.runconfig import RunConfig
 from fedrec.train.local import LocalUpdate
 
+from .node import node_store
+
 _CONFIGS: dict[tuple[Any, ...], RunConfig] = {}
 
 
@@ -63,13 +65,20 @@ def metrics_content(flat: dict[str, float]) -> RecordDict:
 
 
 def load_state(context: Context) -> dict[str, np.ndarray]:
-    """The device's private arrays (user factors, accountant, SecAgg state) from ``Context.state``."""
+    """The device's private arrays (user factors, accountant, SecAgg state): its store's, or ``Context.state``."""
+    store = node_store(context)
+    if store is not None:
+        return store.load()
     record = context.state.array_records.get(wire.STATE_LOCAL)
     return {k: v.numpy() for k, v in record.items()} if record is not None else {}
 
 
 def save_state(context: Context, state: dict[str, np.ndarray]) -> None:
-    """Write the device's private arrays back to ``Context.state`` (never into a reply)."""
+    """Write the device's private arrays back to its store or ``Context.state`` (never into a reply)."""
+    store = node_store(context)
+    if store is not None:
+        store.save(state)
+        return
     context.state[wire.STATE_LOCAL] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
 
 

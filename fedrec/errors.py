@@ -86,3 +86,15 @@ class SecAggInconsistentShareError(SecAggIntegrityError):
         super().__init__(message)
         self.owner = owner
         self.holder = holder
+
+
+class StoreError(CheckpointError):
+    """The on-device store cannot be opened or read back intact (names the file)."""
+
+
+class StoreKeyError(StoreError):
+    """The key or passphrase does not open this store (its key-check record does not decrypt)."""
+
+
+class StoreCorruptError(StoreError):
+    """The store file is truncated, tampered with or not a fedrec store; it is never silently reset."""

@@ -70,6 +70,10 @@ STATE_STREAM = "fedrec.stream"  # the device's training-randomness stream offset
 STATE_EVAL_SECAGG = "fedrec.eval.secagg"  # the secure evaluation rounds' own protocol state
 STATE_RESTORED = "fedrec.restored"  # marks a simulated device whose persisted state was read back
 
+# SuperNode node config of a deployed device (client SDK: Device.join)
+NODE_STORE = "store"  # path of the device's encrypted store
+NODE_KEY_FILE = "key-file"  # file holding the store key (hex), readable by the app user only
+
 # Array names.
 ARRAY_ITEM_FACTORS = "item_factors"
 ARRAY_ITEM_BIAS = "item_bias"

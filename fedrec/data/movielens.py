@@ -480,3 +480,14 @@ def _sorted_by_id(
 def _split_genres(field: str) -> list[str]:
     names = [g.strip() for g in field.strip().split("|") if g.strip()]
     return [g for g in names if g != _NO_GENRES]
+
+
+def load_ml100k_titles(data_dir: str | Path) -> list[str]:
+    """Titles of ``u.item`` in item-index order (the index space of :func:`load_ml100k`)."""
+    folder = resolve_movielens_dir(data_dir, "ml-100k")
+    ids, _ = _read_ml100k_items(folder / "u.item")
+    titles: dict[int, str] = {}
+    for n, line in _text_lines(folder / "u.item"):
+        fields = line.split("|")
+        titles[_int_field(folder / "u.item", n, fields, 0, "item id", min_fields=2)] = fields[1]
+    return [titles[int(i)] for i in ids]
