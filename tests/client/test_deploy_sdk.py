@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fedrec.client import Device, Interaction, write_key_file
+
 from fedrec.store.device_store import DeviceStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -102,8 +102,8 @@ def test_bad_interactions_are_refused(tmp_path: Path) -> None:
 
 
 def test_privacy_spent_reads_the_accountants_in_the_store(tmp_path: Path) -> None:
-    from fedrec.privacy.accounting import PrivacyAccountant
     from fedrec.federated.device import save_accountant
+    from fedrec.privacy.accounting import PrivacyAccountant
 
     acc = PrivacyAccountant("rdp", delta=1e-5)
     acc.step(noise_multiplier=1.0, sample_rate=0.1, steps=50)
