@@ -50,3 +50,7 @@ class SecAggError(FedRecError):
 
 class SecAggAbort(SecAggError):
     """A secure-aggregation round cannot complete (too few survivors)."""
+
+
+class DeployError(FedRecError):
+    """Deployment material or a deployed process is wrong: names the file, address or process and the rule."""

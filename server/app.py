@@ -13,6 +13,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedrec.deploy.runspec import from_run_config, write_status
+from fedrec.errors import FedRecError
 from fedrec.runconfig import RunConfig, load_run_dataset
 
 from .loop import Catalogue, RoundCallback, RunResult, run_server
@@ -43,6 +45,13 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flat(dict(context.run_config))
-    run_dir = Path(str(context.run_config.get("run-dir", "runs/flwr")))
-    run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir)
+    """The deployed ServerApp: ``fedrec server run/resume`` ship the configuration in an envelope."""
+    cfg, run_dir, resume = from_run_config(dict(context.run_config))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_status(run_dir, "running", flower_run=context.run_id, rounds=cfg.fed.rounds, resume=resume)
+    try:
+        result = run_server(grid, cfg, catalogue_for(cfg), run_dir=run_dir, resume=resume)
+    except FedRecError as exc:
+        write_status(run_dir, "failed", flower_run=context.run_id, rounds=cfg.fed.rounds, error=str(exc))
+        raise
+    write_status(run_dir, "finished", flower_run=context.run_id, rounds=cfg.fed.rounds, round=result.state.round)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partition_users
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.runconfig import RunConfig, dump_toml, load_run_dataset
 from fedrec.store.atomic import atomic_write_text
 
 from .report import write_plot, write_report
@@ -98,20 +96,7 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def to_toml(flat: dict[str, Any] | Any) -> str:
     """Flat run config as TOML with quoted dotted keys (``"dp.epsilon" = 8``), loadable by ``--config``."""
-    lines = ["# resolved fedrec run configuration; re-run with: fedrec simulate --config config.toml"]
-    for key in sorted(flat):
-        lines.append(f"{json.dumps(key)} = {_toml_value(flat[key])}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
+    return dump_toml(flat, comment="resolved fedrec run configuration; re-run: fedrec simulate --config config.toml")
 
 
 def _quiet_flower(verbose: bool) -> None:
