@@ -28,6 +28,7 @@ from fedrec.store.atomic import atomic_write_text
 
 CONFIG_KEY = "deploy.config"
 RESUME_KEY = "deploy.resume"
+ENVELOPE_DEFAULTS: dict[str, Any] = {CONFIG_KEY: "", RESUME_KEY: False}  # declared in [tool.flwr.app.config]
 RUN_JSON, STATUS_JSON, METRICS, CHECKPOINT = "run.json", "status.json", "metrics.jsonl", "checkpoint.npz"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

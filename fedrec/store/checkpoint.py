@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def load_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
         header = json.loads(arrays.pop("header").tobytes().decode())
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable fedrec checkpoint: {exc}") from exc
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
