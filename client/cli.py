@@ -9,9 +9,11 @@ TLS (``--root-certificates``), node authentication
 (``--auth-supernode-private-key``) and this device's node config; if the
 SuperLink refuses the key (not registered) the command says so and exits 2.
 
-Where the device's data comes from: ``--partition-id N`` selects a partition
-of the run's dataset (simulation-style data, for trying a deployment on one
-machine); ``--node-config`` passes any other node configuration through.
+Where the device's data comes from: ``--store FILE --store-key-file KEY``
+points the ClientApp at the SDK's encrypted on-device store (the node-config
+keys the SDK's ``Device.supernode_command`` uses); ``--partition-id N``
+selects a partition of the run's dataset instead (simulation data, for trying
+a deployment on one machine); ``--node-config`` passes anything else through.
 
 ``fedrec device keygen NAME`` makes the device's own key pair, whose public
 half the operator registers (``fedrec server keys --register FILE``), so the
@@ -55,6 +57,10 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     node_config = list(args.node_config)
     if args.partition_id is not None:
         node_config.append(f"partition-id={args.partition_id}")
+    if args.store is not None:  # the SDK's on-device store (client/sdk.py Device.supernode_command: same keys)
+        if args.store_key_file is None:
+            raise DeployError("--store needs --store-key-file (the file holding the store's key)")
+        node_config += [f'store="{args.store.resolve()}"', f'key-file="{args.store_key_file.resolve()}"']
     exe = Path(sys.executable).parent / "flower-supernode"
     cmd = [str(exe) if exe.exists() else "flower-supernode", "--superlink", args.superlink,
            "--root-certificates", str(args.ca), "--auth-supernode-private-key", str(args.key),
@@ -114,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--ca", type=Path, required=True, help="the server's CA certificate (ca.pem)")
     join.add_argument("--key", type=Path, required=True, help="this device's authentication key (OpenSSH, EC)")
     join.add_argument("--partition-id", type=int, help="use partition N of the run's dataset as this device's data")
+    join.add_argument("--store", type=Path, help="the device's encrypted store (SDK) holding its interactions")
+    join.add_argument("--store-key-file", type=Path, help="file holding the store's key (readable by the app only)")
     join.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
                       help="extra node configuration (repeatable)")
     join.add_argument("--home", type=Path, help="SuperNode working folder (default next to the key)")

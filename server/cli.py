@@ -138,11 +138,11 @@ def cmd_run(args: argparse.Namespace, state: State) -> int:
     cfg = resolve_config(args, folder)
     load_run_dataset(cfg.data)
     app = flower.app_dir(args.app)
-    flower.superlink_info(state)
+    link = flower.running_superlink(state)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "config.toml", dump_toml(cfg.flat, comment=f"run {name}: resolved configuration"))
     run_id = flower.submit(state, app, runspec.envelope(cfg, resume=False), folder)
-    runspec.RunRecord(name, (run_id,)).save(folder)
+    runspec.RunRecord(name, ()).attempt(run_id, link).save(folder)
     _emit(args, {"name": name, "flower_run": run_id, "run_dir": str(folder)},
           f"run {name} submitted (Flower run {run_id}); follow it: fedrec server follow {name}")
     return 0
@@ -168,13 +168,19 @@ def cmd_resume(args: argparse.Namespace, state: State) -> int:
     done = check_resumable(folder, cfg)
     if done >= cfg.fed.rounds:
         raise DeployError(f"run {args.name}: all {cfg.fed.rounds} rounds are done; nothing to resume")
-    runs = flower.flower_runs(state)
-    last = runs.get(record.flower_runs[-1], {})
-    if str(last.get("status", "")).startswith(("running", "starting", "pending")):
-        raise DeployError(f"run {args.name}: Flower run {record.flower_runs[-1]} is still {last['status']}; "
-                          f"'fedrec server stop {args.name}' first")
+    link = flower.running_superlink(state)
+    last = flower.flower_runs(state).get(record.flower_runs[-1], {})
+    if _active(last):
+        if not record.orphaned(link):
+            raise DeployError(f"run {args.name}: Flower run {record.flower_runs[-1]} is still {last['status']}; "
+                              f"'fedrec server stop {args.name}' first")
+        # Its ServerApp died with the SuperLink it ran under; tell Flower's database so.
+        try:
+            flower.stop_run(state, record.flower_runs[-1])
+        except DeployError as exc:
+            log.warning("could not mark the orphaned Flower run %d stopped: %s", record.flower_runs[-1], exc)
     run_id = flower.submit(state, flower.app_dir(args.app), runspec.envelope(cfg, resume=True), folder)
-    runspec.RunRecord(record.name, (*record.flower_runs, run_id)).save(folder)
+    record.attempt(run_id, link).save(folder)
     _emit(args, {"name": args.name, "flower_run": run_id, "from_round": done},
           f"run {args.name} resumed from round {done} (Flower run {run_id})")
     return 0
@@ -183,11 +189,16 @@ def cmd_resume(args: argparse.Namespace, state: State) -> int:
 # ---------------------------------------------------------------- ls / follow / export
 
 
+def _active(row: dict[str, Any]) -> bool:
+    return str(row.get("status", "")).startswith(("running", "starting", "pending"))
+
+
 def _summaries(state: State, names: list[str] | None = None) -> list[dict[str, Any]]:
     try:
         runs = flower.flower_runs(state)
+        link: int | None = flower.running_superlink(state)
     except DeployError:
-        runs = {}  # SuperLink down: the run folders still tell their story
+        runs, link = {}, None  # SuperLink down: the run folders still tell their story
     out = []
     folders = sorted(p for p in state.runs.glob("*") if (p / runspec.RUN_JSON).exists()) if state.runs.exists() else []
     for folder in folders:
@@ -196,6 +207,8 @@ def _summaries(state: State, names: list[str] | None = None) -> list[dict[str, A
         record = runspec.RunRecord.load(folder)
         row = runs.get(record.flower_runs[-1])
         status = str(row["status"]) if row else ("unreachable" if not runs else "unknown")
+        if row and _active(row) and record.orphaned(link):
+            status = "orphaned (its SuperLink was restarted)"
         out.append({**runspec.summary(folder, flower_status=status), "flower_runs": list(record.flower_runs)})
     return out
 

@@ -90,6 +90,15 @@ def superlink_info(state: State) -> dict[str, Any]:
     return info
 
 
+def running_superlink(state: State) -> int:
+    """The pid of this state folder's running SuperLink, or an error saying to start it."""
+    superlink_info(state)
+    pid = read_pid(state.superlink / "superlink.pid")
+    if pid is None:
+        raise DeployError(f"the SuperLink of {state.root} is not running ('fedrec server start')")
+    return pid
+
+
 def start_superlink(state: State, *, host: str, port: int, connect_host: str, timeout: float) -> dict[str, Any]:
     """Check TLS, start ``flower-superlink`` (TLS, persistent database, node auth) and wait for its port."""
     pid_file = state.superlink / "superlink.pid"

@@ -62,19 +62,31 @@ def check_name(name: str, *, what: str = "run name") -> str:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """``run.json``: the run's name and the Flower run id of each attempt (first run, then resumes)."""
+    """``run.json``: the run's name and, per attempt (first run, then resumes), the Flower run id and the
+    pid of the SuperLink it was submitted to. A SuperLink that restarted since an attempt means that
+    attempt's ServerApp died with the old one, whatever Flower's database still says."""
 
     name: str
     flower_runs: tuple[int, ...]
+    superlinks: tuple[int, ...] = ()
 
     def save(self, folder: Path) -> None:
-        atomic_write_text(folder / RUN_JSON, json.dumps({"name": self.name, "flower_runs": list(self.flower_runs)}))
+        atomic_write_text(folder / RUN_JSON, json.dumps({"name": self.name, "flower_runs": list(self.flower_runs),
+                                                         "superlinks": list(self.superlinks)}))
+
+    def attempt(self, flower_run: int, superlink: int) -> RunRecord:
+        return RunRecord(self.name, (*self.flower_runs, flower_run), (*self.superlinks, superlink))
+
+    def orphaned(self, current_superlink: int | None) -> bool:
+        """Whether the last attempt ran under a SuperLink that is no longer the running one."""
+        return bool(self.superlinks) and self.superlinks[-1] != current_superlink
 
     @classmethod
     def load(cls, folder: Path) -> RunRecord:
         try:
             data = json.loads((folder / RUN_JSON).read_text())
-            return cls(str(data["name"]), tuple(int(r) for r in data["flower_runs"]))
+            return cls(str(data["name"]), tuple(int(r) for r in data["flower_runs"]),
+                       tuple(int(p) for p in data.get("superlinks", [])))
         except FileNotFoundError as exc:
             raise DeployError(f"{folder}: no {RUN_JSON}: not a run started by 'fedrec server run'") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
