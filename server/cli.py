@@ -195,8 +195,8 @@ def _active(row: dict[str, Any]) -> bool:
 
 def _summaries(state: State, names: list[str] | None = None) -> list[dict[str, Any]]:
     try:
-        runs = flower.flower_runs(state)
         link: int | None = flower.running_superlink(state)
+        runs = flower.flower_runs(state)
     except DeployError:
         runs, link = {}, None  # SuperLink down: the run folders still tell their story
     out = []

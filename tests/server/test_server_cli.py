@@ -122,3 +122,22 @@ def test_envelope_round_trip_and_plain_keys() -> None:
     with pytest.raises(ConfigError, match=f"{CONFIG_KEY}: not JSON"):
         from_run_config({CONFIG_KEY: "{oops"})
     assert np.isfinite(back.dp.delta)
+
+
+def test_ls_and_follow_read_the_run_folder_when_the_superlink_is_down(tmp_path: Path) -> None:
+    folder = _run_folder(tmp_path, dim=4)
+    (folder / "status.json").write_text('{"state": "running", "rounds": 3}')
+    (folder / "metrics.jsonl").write_text('{"round": 1, "sampled": 5, "survivors": 4, "dropouts": 1, '
+                                          '"epsilon": 2.5, "rmse": 1.1}\n{"round": 2, "sampl')  # torn last line
+    import json
+
+    done = fedrec("server", "--state", str(tmp_path), "follow", "r", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert (row["round"], row["rounds"], row["survivors"], row["dropouts"], row["epsilon"]) == (1, 3, 4, 1, 2.5)
+    assert row["metrics"] == {"rmse": 1.1} and row["flower_status"] == "unreachable" and row["state"] == "stopped"
+    listed = json.loads(fedrec("server", "--state", str(tmp_path), "ls", "--json").stdout)["runs"]
+    assert [r["name"] for r in listed] == ["r"]
+    text = fedrec("server", "--state", str(tmp_path), "follow", "r", "--once")
+    assert text.returncode == 0 and "1/3" in text.stdout and "2.5000" in text.stdout
+    refused(fedrec("server", "--state", str(tmp_path), "follow", "nope"), "no run.json")
