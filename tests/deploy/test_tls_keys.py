@@ -133,3 +133,60 @@ def test_signing_key(tmp_path: Path) -> None:
         other.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         load_signing_key(other)
+
+
+class _TLSServer:
+    """A TLS listener on 127.0.0.1 presenting a given certificate (handshakes, then closes)."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(files.cert, files.key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import ssl
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong-name", "other-ca"])
+def test_device_tls_probe_refuses(tmp_path: Path, case: str) -> None:
+    from fedrec.deploy.tls import probe_tls
+
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10) if case == "expired" else None
+    hosts = ["10.9.9.9"] if case == "wrong-name" else ["127.0.0.1"]
+    served = write_tls(tmp_path / "s", hosts=hosts, days=2, not_before=past)
+    trusted = write_tls(tmp_path / "o", hosts=["127.0.0.1"], days=2).ca_cert if case == "other-ca" else served.ca_cert
+    server = _TLSServer(served)
+    try:
+        expected = {"expired": "certificate has expired", "wrong-name": "IP address mismatch",
+                    "other-ca": "unable to get local issuer certificate"}[case]
+        with pytest.raises(DeployError, match=f"server certificate refused with CA .*{expected}"):
+            probe_tls("127.0.0.1", server.port, ca_file=trusted, timeout=5)
+        good = write_tls(tmp_path / "g", hosts=["127.0.0.1"], days=2)
+        ok_server = _TLSServer(good)
+        try:
+            probe_tls("127.0.0.1", ok_server.port, ca_file=good.ca_cert, timeout=5)
+        finally:
+            ok_server.close()
+    finally:
+        server.close()
