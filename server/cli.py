@@ -66,8 +66,9 @@ def cmd_tls(args: argparse.Namespace, state: State) -> int:
 
 def cmd_keys(args: argparse.Namespace, state: State) -> int:
     signing = state.keys / "signing.key"
-    if not signing.exists() or args.force:
-        make_signing_key(state.keys, force=args.force)
+    if not signing.exists() or args.new_signing_key:
+        # Replacing it means devices provisioned with signing.pub refuse every later export.
+        make_signing_key(state.keys, force=args.new_signing_key)
     names = list(args.device) + [f"{args.prefix}{i}" for i in range(args.count)]
     made = [make_device_key(state.devices, n, force=args.force) for n in names]
     publics = [k.public for k in made] + list(args.register)
@@ -325,7 +326,9 @@ def _parser() -> argparse.ArgumentParser:
     p["keys"].add_argument("--register", action="append", default=[], type=Path, metavar="PUB",
                            help="also register a public key a device made itself (OpenSSH, repeatable)")
     p["keys"].add_argument("--no-register", action="store_true", help="make keys only (SuperLink not running)")
-    p["keys"].add_argument("--force", action="store_true", help="replace existing keys")
+    p["keys"].add_argument("--force", action="store_true", help="replace existing device keys")
+    p["keys"].add_argument("--new-signing-key", action="store_true",
+                           help="replace the model-signing key (devices must be given the new signing.pub)")
     p["start"].add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p["start"].add_argument("--port", type=int, default=8000, help="HTTPS port for all APIs (default 8000)")
     p["start"].add_argument("--connect-host", help="name this machine's CLI uses (must be in the certificate)")
