@@ -311,6 +311,9 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state", type=Path, default=Path(os.environ.get("FEDREC_STATE", "fedrec-state")),
                         help="server state folder (default: $FEDREC_STATE or ./fedrec-state)")
+    parser.add_argument("--flwr-home", type=Path,
+                        help="Flower home for the flwr CLI and the SuperLink (default <state>/flwr; e.g. ~/.flwr "
+                             "to add the 'fedrec' connection to your own)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = {name: sub.add_parser(name, help=help_) for name, (_, help_) in COMMANDS.items()}
     for sp in p.values():
@@ -354,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command][0](args, State(args.state))
+        home = args.flwr_home.expanduser() if args.flwr_home else None
+        return COMMANDS[args.command][0](args, State(args.state, home))
     except FedRecError as exc:
         print(f"fedrec server {args.command}: error: {exc}", file=sys.stderr)
         return 2

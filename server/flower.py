@@ -30,6 +30,7 @@ class State:
     """The layout of a server state folder (``--state``)."""
 
     root: Path
+    home: Path | None = None  # --flwr-home: a Flower home other than <state>/flwr (e.g. ~/.flwr), only if asked
 
     @property
     def tls(self) -> TLSFiles:
@@ -49,7 +50,7 @@ class State:
 
     @property
     def flwr_home(self) -> Path:
-        return self.root / "flwr"
+        return self.home if self.home is not None else self.root / "flwr"
 
     @property
     def superlink(self) -> Path:
@@ -73,11 +74,24 @@ def flower_env(state: State) -> dict[str, str]:
 
 
 def write_connection(state: State, *, address: str) -> Path:
-    """``<state>/flwr/config.toml`` with the one ``fedrec`` connection (TLS, our CA)."""
+    """``<state>/flwr/config.toml`` with the one ``fedrec`` connection (TLS, our CA).
+
+    In a Flower home of the user's (``--flwr-home``) only the ``[superlink.fedrec]`` table is
+    replaced; their other connections and their default stay as they are.
+    """
     path = state.flwr_home / "config.toml"
     ca = state.tls.ca_cert.resolve()
-    atomic_write_text(path, f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                            f'address = "{address}"\nroot-certificates = "{ca}"\n')
+    table = f'[superlink.{CONNECTION}]\naddress = "{address}"\nroot-certificates = "{ca}"\n'
+    if state.home is None or not path.exists():
+        atomic_write_text(path, f'[superlink]\ndefault = "{CONNECTION}"\n\n{table}')
+        return path
+    kept, skipping = [], False
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("["):
+            skipping = line.strip() == f"[superlink.{CONNECTION}]"
+        if not skipping:
+            kept.append(line)
+    atomic_write_text(path, "\n".join(kept).rstrip() + "\n\n" + table)
     return path
 
 

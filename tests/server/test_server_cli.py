@@ -141,3 +141,24 @@ def test_ls_and_follow_read_the_run_folder_when_the_superlink_is_down(tmp_path: 
     text = fedrec("server", "--state", str(tmp_path), "follow", "r", "--once")
     assert text.returncode == 0 and "1/3" in text.stdout and "2.5000" in text.stdout
     refused(fedrec("server", "--state", str(tmp_path), "follow", "nope"), "no run.json")
+
+
+def test_connection_is_isolated_unless_a_flower_home_is_asked_for(tmp_path: Path) -> None:
+    import tomllib
+
+    from server.flower import State, flower_env, write_connection
+
+    own = write_connection(State(tmp_path / "st"), address="127.0.0.1:8000")
+    assert own == tmp_path / "st" / "flwr" / "config.toml"
+    assert flower_env(State(tmp_path / "st"))["FLWR_HOME"] == str(tmp_path / "st" / "flwr")
+    assert tomllib.loads(own.read_text())["superlink"] == {
+        "default": "fedrec", "fedrec": {"address": "127.0.0.1:8000",
+                                        "root-certificates": str((tmp_path / "st" / "tls" / "ca.pem").resolve())}}
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[superlink]\ndefault = "mine"\n\n[superlink.mine]\naddress = "x:1"\n'
+                                      'insecure = true\n\n[superlink.fedrec]\naddress = "old:1"\n')
+    write_connection(State(tmp_path / "st", home), address="10.0.0.1:8000")
+    links = tomllib.loads((home / "config.toml").read_text())["superlink"]
+    assert links["default"] == "mine" and links["mine"] == {"address": "x:1", "insecure": True}
+    assert links["fedrec"]["address"] == "10.0.0.1:8000"
