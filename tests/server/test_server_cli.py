@@ -146,7 +146,7 @@ def test_ls_and_follow_read_the_run_folder_when_the_superlink_is_down(tmp_path: 
 def test_connection_is_isolated_unless_a_flower_home_is_asked_for(tmp_path: Path) -> None:
     import tomllib
 
-    from server.flower import State, flower_env, write_connection
+    from fedrec.server.flower import State, flower_env, write_connection
 
     own = write_connection(State(tmp_path / "st"), address="127.0.0.1:8000")
     assert own == tmp_path / "st" / "flwr" / "config.toml"
