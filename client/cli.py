@@ -23,6 +23,7 @@ private key never leaves the device.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 import socket
@@ -88,21 +89,26 @@ def cmd_join(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     refused = False
+    tail: collections.deque[str] = collections.deque(maxlen=3)
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
             sys.stderr.write(line)
-            refused = refused or any(marker in line for marker in REFUSED)
+            tail.append(line.strip())
+            refused = any(marker in line for marker in REFUSED)
             if refused:
                 break
     except KeyboardInterrupt:
         pass
     finally:
         stop_tree(proc.pid, timeout=5.0)
+        proc.wait()
     if refused:
         raise DeployError(f"the SuperLink at {args.superlink} refused this device: its key {args.key} is not "
                           "registered ('fedrec server keys --register <public key>' on the server)")
-    return 0 if proc.returncode in (0, None, -signal.SIGTERM) else 2
+    if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise DeployError(f"flower-supernode exited with code {proc.returncode}: {' | '.join(tail)}")
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
