@@ -65,16 +65,17 @@ def cmd_tls(args: argparse.Namespace, state: State) -> int:
 
 
 def cmd_keys(args: argparse.Namespace, state: State) -> int:
+    names = list(args.device) + [f"{args.prefix}{i}" for i in range(args.count)]
+    if (names or args.register) and not args.no_register:
+        flower.running_superlink(state)  # before any key is made: a rerun must not find half the keys
     signing = state.keys / "signing.key"
     if not signing.exists() or args.new_signing_key:
         # Replacing it means devices provisioned with signing.pub refuse every later export.
         make_signing_key(state.keys, force=args.new_signing_key)
-    names = list(args.device) + [f"{args.prefix}{i}" for i in range(args.count)]
     made = [make_device_key(state.devices, n, force=args.force) for n in names]
     publics = [k.public for k in made] + list(args.register)
     registered: dict[str, int] = {}
     if publics and not args.no_register:
-        flower.superlink_info(state)
         registered = flower.register_keys(state, publics)
         _save_registry(state, registered)
     _emit(args, {"signing_public_key": str(state.keys / "signing.pub"),
