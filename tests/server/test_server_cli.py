@@ -162,3 +162,14 @@ def test_connection_is_isolated_unless_a_flower_home_is_asked_for(tmp_path: Path
     links = tomllib.loads((home / "config.toml").read_text())["superlink"]
     assert links["default"] == "mine" and links["mine"] == {"address": "x:1", "insecure": True}
     assert links["fedrec"]["address"] == "10.0.0.1:8000"
+
+
+def test_keys_without_a_superlink_are_refused_before_any_key_is_made(tmp_path: Path) -> None:
+    refused(fedrec("server", "--state", str(tmp_path), "keys", "--count", "2"), "no SuperLink started here")
+    assert not (tmp_path / "devices").exists() and not (tmp_path / "keys").exists()
+    done = fedrec("server", "--state", str(tmp_path), "keys", "--count", "2", "--no-register", "--json")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "devices").iterdir()) == [
+        "device-0.key", "device-0.pub", "device-1.key", "device-1.pub"]
+    refused(fedrec("server", "--state", str(tmp_path), "keys", "--count", "2", "--no-register"),
+            "device-0.key: already exists")
