@@ -17,17 +17,15 @@ the server treats as a dropout of every round it concerns. The state is
 written back whether the parts succeeded or not, so a refused message cannot
 roll the device back to an earlier stage.
 
-The mask part trains through ``client.app``'s ``train_device``, the plain
-path's own training call (privacy plan included). ``client.app`` registers
-this handler while it builds its ClientApp at import time, so the handler
-takes its helpers when it runs, not when this module loads.
+The mask part trains through ``client/device.py``'s ``train_device``, the
+plain path's own training call (privacy plan included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -36,8 +34,8 @@ from flwr.clientapp import ClientApp
 from fedrec import wire
 from fedrec.secagg import SecAggMessageError, flatten_update, handle_secagg_parts
 
-if TYPE_CHECKING:
-    from .app import SourceProvider
+from .device import SourceProvider, train_device
+from .records import load_state, save_state
 
 
 def register_secagg(app: ClientApp, source: SourceProvider) -> None:
@@ -59,8 +57,6 @@ class SecAggHandler:
     source: SourceProvider
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        from .app import load_state, save_state
-
         parts = message_parts(msg)
         state = load_state(context)
         metrics: dict[str, Any] = {}
@@ -85,8 +81,6 @@ def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], sourc
     """``segments()`` for the mask part: train the device's users on the downlink table, flatten the update."""
 
     def segments() -> dict[str, np.ndarray]:
-        from .app import train_device
-
         out = train_device(msg, context, state, source)
         metrics.update(out.metrics)
         return flatten_update(out.update.segments())

@@ -11,7 +11,9 @@ with an error naming the key.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import logging
 import math
 import tomllib
 from collections.abc import Mapping
@@ -19,14 +21,24 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.spec import DataSpec
 from fedrec.data.synthetic import SyntheticConfig
 from fedrec.errors import ConfigError
+from fedrec.federated.plan import (
+    BATCH_SIZE_KEY,
+    LOCAL_EPOCHS_KEY,
+    MIN_SURVIVORS_KEY,
+    PLAN_KEYS,
+    PrivacyPlan,
+    build_plan,
+)
+from fedrec.federated.server_state import FedConfig
 from fedrec.model.mf import MFConfig
 from fedrec.privacy.config import DPConfig
-from fedrec.privacy.plan import PLAN_KEYS, check_config
 from fedrec.train.aggregate import ServerOptConfig
-from fedrec.train.federated import FedConfig
 from fedrec.train.local import LocalConfig
+
+log = logging.getLogger(__name__)
 
 Scalar = bool | int | float | str
 
@@ -86,7 +98,7 @@ SYNTHETIC_PREFIX = "synthetic."
 
 PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
     "E1": {},
-    # fedrec.train.presets (chosen on validation: python -m simulations.tune_r1)
+    # chosen on validation (python -m simulations.tune_r1; README "How the defaults were chosen")
     "R1": {"model.reg": 0.02, "model.bias-reg": 0.01, "model.negatives": 16, "model.neg-weight": 16.0,
            "model.recency-boost": 4.0, "model.recency-scale": 5.0, "local.fold-in": False, "rounds": 140,
            "eval-every": 20, "local.steps": 2, "local.lr": 0.6, "local.user-lr": 1.0, "strategy.optimizer": "adam",
@@ -97,18 +109,6 @@ PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
 DP_PRESET: dict[str, Scalar] = {"strategy.averaging": "fedavg"}
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small", "csv")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data a run uses and how it is split into devices."""
-
-    dataset: str
-    data_dir: str
-    protocol: str
-    fold: int
-    users_per_client: int
-    synthetic: SyntheticConfig
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,111 @@ class RunConfig:
         cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
                   secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
                   min_clients=_int(flat, "min-clients", low=1))
-        check_config(cfg)
+        _check_privacy(cfg)
         return cfg
+
+    def privacy_plan(self) -> PrivacyPlan:
+        """The run's public DP parameters (the same object for the same settings: calibration runs once)."""
+        return build_plan(self.dp, rounds=self.fed.rounds, lr=self.fed.local.lr,
+                          local_epochs=_opt_int(self.flat, LOCAL_EPOCHS_KEY),
+                          batch_size=_opt_int(self.flat, BATCH_SIZE_KEY),
+                          min_survivors=_opt_int(self.flat, MIN_SURVIVORS_KEY))
+
+    def for_population(self, population: int) -> RunConfig:
+        """This configuration for ``population`` devices: distributed noise's ``t_min`` resolved.
+
+        The server calls it once it knows the connected devices and sends the
+        result in every downlink: a device cannot work ``t_min`` out, as it
+        does not know the population. Unchanged for other modes, or when
+        ``dp.min-survivors`` is given.
+        """
+        t_min = min_survivors(self, population)
+        if t_min is None or self.flat.get(MIN_SURVIVORS_KEY) is not None:
+            return self
+        log.info("distributed noise: t_min = %d devices per round", t_min)
+        return RunConfig.from_flat({**self.flat, MIN_SURVIVORS_KEY: t_min})
+
+
+def min_survivors(cfg: RunConfig, population: int) -> int | None:
+    """``t_min`` of distributed user-level noise for ``population`` devices.
+
+    ``dp.min-survivors`` when given. Otherwise, with secure aggregation on,
+    an absolute ``secagg.threshold`` ``t``: SecAgg never reveals a sum of
+    fewer survivors, so each device's share ``1 / t`` of the variance adds up
+    to the full ``(sigma S)^2`` in anything the server can see. (A fractional
+    threshold is refused at config time by :meth:`RunConfig.from_flat`: the
+    threshold SecAgg+ derives from it depends on the round's neighbourhoods.)
+    With secure aggregation off, the expected cohort ``floor(q N)``: the
+    server sees every update anyway, so the noise only protects the released
+    model, and the server adds the missing share itself in a round with fewer
+    survivors (see :class:`~fedrec.federated.policy.UserLevelPolicy`). None for
+    other modes.
+    """
+    if cfg.dp.unit != "user" or cfg.dp.noise != "distributed":
+        return None
+    given = cfg.flat.get(MIN_SURVIVORS_KEY)
+    if given is not None:
+        return _get(cfg.flat, MIN_SURVIVORS_KEY, int)  # type: ignore[no-any-return]
+    if cfg.secagg.enabled:
+        return int(cfg.secagg.threshold)
+    return max(1, math.floor(cfg.dp.cohort_rate * population))
+
+
+
+def _check_privacy(cfg: RunConfig) -> None:
+    """Refuse privacy settings that make no sense together; each error names a key.
+
+    Called by :meth:`RunConfig.from_flat`, so it runs before anything trains.
+    """
+    flat, dp = cfg.flat, cfg.dp
+    for key in (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY, MIN_SURVIVORS_KEY):
+        value = flat.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            raise ConfigError(f"{key}: must be an integer >= 1, got {value!r}")
+    if dp.unit != "rating":
+        for key in (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY):
+            if flat.get(key) is not None:
+                raise ConfigError(f"{key}: only used by rating-level DP-SGD, but dp.unit={dp.unit!r}")
+    if flat.get(MIN_SURVIVORS_KEY) is not None and not (dp.unit == "user" and dp.noise == "distributed"):
+        raise ConfigError(f"{MIN_SURVIVORS_KEY}: only used by distributed user-level noise "
+                          f"(dp.unit='user', dp.noise='distributed')")
+    if dp.unit != "user" and dp.cohort_rate != 1.0:
+        raise ConfigError(f"dp.cohort-rate: Poisson cohorts belong to user-level DP, but dp.unit={dp.unit!r}; "
+                          "use cohort for the devices per round")
+    if not dp.enabled:
+        return
+    if cfg.fed.averaging != "fedavg":
+        raise ConfigError(f"strategy.averaging: {cfg.fed.averaging!r} divides by per-item counts, which a "
+                          "DP device does not send (they are not covered by the guarantee); use 'fedavg'")
+    if dp.unit == "rating":
+        if cfg.model.kind != "explicit":
+            raise ConfigError("dp.unit: rating-level DP-SGD trains the explicit rating model (protocol E1); "
+                              f"protocol {flat.get('protocol')!r} has implicit feedback, use dp.unit='user'")
+        if dp.noise != "central":
+            raise ConfigError("dp.noise: rating-level noise is added on each device by DP-SGD; "
+                              "'distributed' applies to dp.unit='user'")
+        if dp.secure_mode and importlib.util.find_spec("torchcsprng") is None:
+            raise ConfigError("dp.secure-mode: rating-level secure mode needs Opacus's torchcsprng, "
+                              "which is not installed")
+    if dp.unit == "user":
+        if cfg.fed.cohort != 1.0:
+            raise ConfigError("cohort: user-level DP samples each device independently with probability "
+                              "dp.cohort-rate; leave cohort at 1")
+        if (dp.noise == "distributed" and cfg.secagg.enabled and flat.get(MIN_SURVIVORS_KEY) is None
+                and cfg.secagg.threshold <= 1):
+            raise ConfigError(f"{MIN_SURVIVORS_KEY}: distributed noise under secure aggregation needs t_min, the "
+                              "fewest updates the server can ever unmask; set it (at most the SecAgg threshold) "
+                              "or give secagg.threshold as an absolute count")
+        if dp.noise == "distributed" and not cfg.secagg.enabled:
+            log.warning("dp.noise = distributed without secure aggregation: the server sees each update "
+                        "with only 1/t_min of the noise; the guarantee covers the released model only")
+
+
+def protocol_preset(protocol: str) -> RunConfig:
+    """The run configuration of ``protocol`` with nothing overridden (its model is the centralized trainer's too)."""
+    return RunConfig.from_flat({"protocol": protocol})
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -319,21 +422,6 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
                       _get(flat, "secagg.pipeline", bool))
 
 
-_DATASET_CACHE: dict[tuple[Any, ...], Any] = {}
-
-
-def load_run_dataset(spec: DataSpec) -> Any:
-    """The run's :class:`~fedrec.data.interactions.Dataset`, loaded once per process.
-
-    Simulated devices (many per worker process) share one copy; each only ever
-    reads its own partition through :class:`~fedrec.data.partition.PartitionSource`.
-    """
-    from fedrec.data.registry import load_dataset
-
-    key = (spec.dataset, spec.data_dir, spec.protocol, spec.fold, spec.synthetic)
-    if key not in _DATASET_CACHE:
-        _DATASET_CACHE.clear()
-        _DATASET_CACHE[key] = load_dataset(spec.dataset, data_dir=spec.data_dir or None,
-                                           protocol=spec.protocol,  # type: ignore[arg-type]
-                                           fold=spec.fold, synthetic=spec.synthetic)
-    return _DATASET_CACHE[key]
+def _opt_int(flat: Mapping[str, Any], key: str) -> int | None:
+    value = flat.get(key)
+    return None if value is None else int(value)

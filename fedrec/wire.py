@@ -7,7 +7,9 @@ copy them into Flower records.
 
 Downlink (server -> device), every device receives the same full table:
     ``RECORD_GLOBAL``  arrays ``item_factors`` (n_items x d), ``item_bias`` (n_items)
-    ``RECORD_CONFIG``  ``round``, ``global-mean`` and the round's settings
+    ``RECORD_CONFIG``  ``round``, ``global-mean`` and the round's settings; an evaluation
+                       downlink of rating data adds the public rating scale
+                       (``rating-min``, ``rating-max``), so no device loads data to learn it
 Uplink (device -> server), plain aggregation:
     ``RECORD_UPDATE``  dense ``item_factors``, ``item_bias``, ``counts`` deltas
     ``RECORD_METRICS`` ``ok`` and, under rating-level DP, ``epsilon``/``budget-exhausted``
@@ -64,6 +66,8 @@ UPDATE_SEGMENTS = (ARRAY_ITEM_FACTORS, ARRAY_ITEM_BIAS, ARRAY_COUNTS)
 # Config keys (downlink).
 CFG_ROUND = "round"
 CFG_GLOBAL_MEAN = "global-mean"
+CFG_RATING_MIN = "rating-min"  # evaluation downlinks of rating data: the public rating scale
+CFG_RATING_MAX = "rating-max"
 CFG_RUN = "run."  # prefix: the flat run configuration, forwarded to devices
 
 # Metric keys (uplink).

@@ -13,9 +13,10 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedrec.data.spec import load_run_dataset
 from fedrec.deploy.runspec import from_run_config, write_status
 from fedrec.errors import FedRecError
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.runconfig import RunConfig
 
 from .loop import Catalogue, RoundCallback, RunResult, run_server
 

@@ -32,11 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.spec import load_run_dataset
 from fedrec.deploy import runspec
 from fedrec.deploy.keys import load_signing_key, make_device_key, make_signing_key
 from fedrec.deploy.tls import sans, write_tls
 from fedrec.errors import CheckpointError, DeployError, FedRecError
-from fedrec.runconfig import RunConfig, dump_toml, load_run_dataset, load_toml, parse_overrides
+from fedrec.runconfig import RunConfig, dump_toml, load_toml, parse_overrides
 from fedrec.store.artifact import sign_model, write_model
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import load_checkpoint

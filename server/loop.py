@@ -1,7 +1,7 @@
 """The server's round loop over Flower's Grid: sample, send, aggregate, checkpoint, evaluate.
 
-All math is in :mod:`fedrec.train` (``ServerState``, ``sample_cohort``); this
-module only moves messages. A device that raises, times out or sends a
+All math is in :mod:`fedrec.federated` (``ServerState``, the privacy policy);
+this module only moves messages. A device that raises, times out or sends a
 malformed reply is a dropout: the round aggregates the survivors and the
 dropouts are logged and counted in the round's metrics.
 
@@ -31,14 +31,14 @@ from flwr.serverapp import Grid
 
 from fedrec import wire
 from fedrec.errors import CheckpointError, ConfigError, FedRecError
+from fedrec.federated.policy import ServerPolicy, server_policy
+from fedrec.federated.server_state import ServerState, prior_mean
 from fedrec.metrics.core import MetricSums
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import ServerState
 
-from .privacy import ServerPrivacy, make_server_privacy
 from .records import config_record, global_record, metric_values, train_content, update_arrays
 from .secagg import SecureRounds
 
@@ -70,8 +70,8 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
     """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)
     size = cfg.fed.cohort_size(len(nodes))
-    privacy = make_server_privacy(cfg, population=len(nodes))
-    cfg = privacy.cfg
+    cfg = cfg.for_population(len(nodes))  # what every downlink carries (t_min of distributed noise)
+    privacy = server_policy(cfg.privacy_plan(), population=len(nodes))
     state = _initial_state(cfg, catalogue, run_dir, resume, privacy)
     result = RunResult(state)
     secure = SecureRounds(grid, cfg) if cfg.secagg.enabled else None
@@ -98,8 +98,8 @@ def run_server(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Pat
                                "aggregate_seconds": done - applied,
                                **privacy.report(device_metrics)}
         if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
-            row.update(evaluate_round(grid, cfg, state, nodes, rnd))
-        _record(run_dir, state, cfg, row, privacy.state(), start)
+            row.update(evaluate_round(grid, cfg, state, nodes, rnd, rating_scale=catalogue.rating_scale))
+        _record(run_dir, state, cfg, row, privacy.state_dict(), start)
         result.history.append(row)
         if on_round:
             on_round(row)
@@ -121,18 +121,18 @@ def wait_for_nodes(grid: Grid, minimum: int, *, timeout: float) -> list[int]:
 
 
 def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, resume: bool,
-                   privacy: ServerPrivacy) -> ServerState:
+                   privacy: ServerPolicy) -> ServerState:
     if resume:
         if run_dir is None or not (run_dir / CHECKPOINT).exists():
             raise CheckpointError(f"resume: no {CHECKPOINT} in {run_dir}")
         state, extra = load_checkpoint(run_dir / CHECKPOINT)
-        privacy.load_state(extra.get("privacy", {}))
+        privacy.load_state_dict(extra.get("privacy", {}))
         if state.glob.n_items != catalogue.n_items or state.glob.dim != cfg.model.dim:
             raise CheckpointError(f"{run_dir / CHECKPOINT}: table {state.glob.item_factors.shape} does not match "
                                   f"the configuration ({catalogue.n_items} items, dim {cfg.model.dim})")
         log.info("resuming from round %d", state.round)
         return state
-    mu = 0.0 if cfg.model.kind == "implicit" or catalogue.rating_scale is None else sum(catalogue.rating_scale) / 2
+    mu = prior_mean(cfg.model.kind, catalogue.rating_scale)
     return ServerState.start(catalogue.n_items, cfg.model, cfg.fed, global_mean=mu)
 
 
@@ -170,10 +170,16 @@ def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[s
     return update_arrays(reply, n_items, dim)
 
 
-def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int) -> dict[str, float]:
-    """Every device evaluates on its held-out rows; only sums and counts come back."""
+def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
+                   rating_scale: tuple[float, float] | None) -> dict[str, float]:
+    """Every device evaluates on its held-out rows; only sums and counts come back.
+
+    The downlink carries the public rating scale (predictions are clipped to
+    it), so a device never loads the run's data to learn it.
+    """
     content = train_content(global_record(state.glob),
-                            config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
+                            config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean,
+                                          rating_scale=rating_scale))
     replies = _send(grid, content, wire.MSG_EVALUATE, nodes, rnd, cfg.round_timeout)
     total = MetricSums()
     for reply in replies.values():

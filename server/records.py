@@ -17,9 +17,16 @@ def global_record(glob: GlobalParams) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(arr)) for name, arr in glob.arrays().items()})
 
 
-def config_record(flat: Mapping[str, object], *, round_: int, global_mean: float) -> ConfigRecord:
-    """Round number, ``mu`` and the run configuration (forwarded so devices need no other channel)."""
+def config_record(flat: Mapping[str, object], *, round_: int, global_mean: float,
+                  rating_scale: tuple[float, float] | None = None) -> ConfigRecord:
+    """Round number, ``mu``, the rating scale (evaluation) and the run configuration.
+
+    Everything a device needs travels here, so it needs no other channel and
+    never loads the run's data to learn a public fact.
+    """
     values: dict[str, object] = {wire.CFG_ROUND: round_, wire.CFG_GLOBAL_MEAN: float(global_mean)}
+    if rating_scale is not None:
+        values[wire.CFG_RATING_MIN], values[wire.CFG_RATING_MAX] = float(rating_scale[0]), float(rating_scale[1])
     values.update({wire.CFG_RUN + k: v for k, v in flat.items()})
     return ConfigRecord(values)  # type: ignore[arg-type]
 

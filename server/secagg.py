@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedrec import wire
+from fedrec.federated.server_state import ServerState
 from fedrec.runconfig import RunConfig, SecAggSpec
 from fedrec.secagg import (
     RoundPipeline,
@@ -49,7 +50,6 @@ from fedrec.secagg import (
     unflatten_sums,
 )
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import ServerState
 
 from .records import config_record, global_record, metric_values, train_content
 

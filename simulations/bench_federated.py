@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partitions
-from fedrec.runconfig import RunConfig, load_run_dataset
-from fedrec.train.device import device_train
-from fedrec.train.federated import ServerState
+from fedrec.data.spec import load_run_dataset
+from fedrec.federated.device import device_train
+from fedrec.federated.server_state import ServerState
+from fedrec.runconfig import RunConfig
 
 WORKERS = 2  # client_resources.num_cpus = 1 on 2 cores
 

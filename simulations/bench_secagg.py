@@ -67,11 +67,11 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedrec.federated.device import device_train
+from fedrec.federated.server_state import ServerState, sample_cohort
 from fedrec.model.params import GlobalParams
 from fedrec.runconfig import RunConfig
 from fedrec.secagg import resolve_threshold
-from fedrec.train.device import device_train
-from fedrec.train.federated import ServerState, sample_cohort
 
 DIM = 32
 MEAN_INTERACTIONS = 100

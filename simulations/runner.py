@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.partition import partition_users
-from fedrec.runconfig import RunConfig, dump_toml, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.runconfig import RunConfig, dump_toml
 from fedrec.store.atomic import atomic_write_text
 
 from .report import write_plot, write_report

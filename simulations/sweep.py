@@ -15,7 +15,7 @@ Rating-level DP trains the explicit rating model only, so its R1 row says so
 instead of a number. User-level runs use ``delta = 1/N`` for ``N`` users,
 rating-level runs ``delta = 1e-5`` per device.
 
-``--engine reference`` (the default) runs :func:`fedrec.train.federated.run_reference`
+``--engine reference`` (the default) runs :func:`fedrec.federated.reference.run_reference`
 in this process: the same device and server-policy code as the Flower apps,
 without the per-message cost. ``--engine flower`` runs every point on Flower's
 Simulation Engine (slow: minutes per point). ``--quick`` is a small synthetic
@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.spec import load_run_dataset
 from fedrec.errors import FedRecError
-from fedrec.runconfig import RunConfig, Scalar, load_run_dataset, parse_overrides
+from fedrec.runconfig import RunConfig, Scalar, parse_overrides
 from fedrec.store.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("fedrec.sweep")
@@ -121,11 +122,10 @@ def point_config(point: Point, base: dict[str, Scalar], *, quick: bool, populati
 
 def reference_runner(cfg: RunConfig) -> list[dict[str, Any]]:
     """Train with the in-process reference loop."""
-    from fedrec.privacy.plan import privacy_plan
-    from fedrec.train.federated import run_reference
+    from fedrec.federated.reference import run_reference
 
     data = load_run_dataset(cfg.data)
-    _, history = run_reference(data, cfg.model, cfg.fed, privacy=privacy_plan(cfg))
+    _, history = run_reference(data, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
     return history
 
 

@@ -19,11 +19,12 @@ import time
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.data.splits import validation_split
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.central import CentralConfig, train_central
-from fedrec.train.federated import FedConfig, run_reference
 from fedrec.train.local import LocalConfig
 
 

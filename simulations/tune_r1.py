@@ -21,13 +21,14 @@ from typing import Any
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.data.splits import leave_last_out
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import baseline_metrics, evaluate
 from fedrec.model.mf import MFConfig
+from fedrec.runconfig import protocol_preset
 from fedrec.train.aggregate import ServerOptConfig
-from fedrec.train.central import CentralConfig, train_central
-from fedrec.train.federated import FedConfig, run_reference
+from fedrec.train.central import CENTRAL_PRESETS, CentralConfig, train_central
 from fedrec.train.local import LocalConfig
-from fedrec.train.presets import CENTRAL_PRESETS, FED_PRESETS, MODEL_PRESETS
 
 Scores = tuple[float, float]
 FED_ROUNDS, FED_EVERY = 160, 20
@@ -107,7 +108,7 @@ def main() -> None:
     assert best_c is not None
     model, trainer = grid[best_c[1]]
     print(f"chosen: {model}\n        {trainer}")
-    print(f"equals the R1 presets: {model == MODEL_PRESETS['R1'] and trainer == CENTRAL_PRESETS['R1']}")
+    print(f"equals the R1 presets: {model == protocol_preset('R1').model and trainer == CENTRAL_PRESETS['R1']}")
     t = time.perf_counter()
     central_test = central_scores(full, model, trainer)
     print(f"centralized test: hr@10 {central_test[0]:.4f} ndcg@10 {central_test[1]:.4f} "
@@ -129,7 +130,7 @@ def main() -> None:
     assert best_f is not None
     fed = dataclasses.replace(best_f[2], rounds=best_f[1], eval_every=best_f[1])
     print(f"chosen: {dataclasses.asdict(fed)}")
-    preset = dataclasses.replace(FED_PRESETS["R1"], eval_every=fed.eval_every)
+    preset = dataclasses.replace(protocol_preset("R1").fed, eval_every=fed.eval_every)
     print(f"equals the R1 federated preset (but for eval_every): {fed == preset}")
     t = time.perf_counter()
     fed_test = federated_scores(full, model, fed)

@@ -82,13 +82,16 @@ def test_shipped_configs_are_valid(conf: Path) -> None:
 
 
 def test_protocol_presets_match_the_tuned_presets() -> None:
-    """`fedrec simulate --protocol R1` trains what simulations/tune_r1.py chose."""
-    from fedrec.train.presets import FED_PRESETS, MODEL_PRESETS
+    """`fedrec simulate --protocol R1` and `fedrec train-central --protocol R1` train what tune_r1.py chose."""
+    from fedrec.model.mf import MFConfig
+    from fedrec.runconfig import protocol_preset
+    from fedrec.train.aggregate import ServerOptConfig
+    from fedrec.train.local import LocalConfig
 
-    cfg = RunConfig.from_flat({"protocol": "R1"})
-    assert cfg.model == MODEL_PRESETS["R1"]
-    fed = FED_PRESETS["R1"]
-    assert (cfg.fed.rounds, cfg.fed.local, cfg.fed.server, cfg.fed.averaging) == (
-        fed.rounds, fed.local, fed.server, fed.averaging)
-    e1 = RunConfig.from_flat({})
-    assert e1.model == MODEL_PRESETS["E1"]
+    cfg = protocol_preset("R1")
+    assert cfg.model == MFConfig(kind="implicit", dim=32, reg=0.02, bias_reg=0.01, negatives=16, neg_weight=16.0,
+                                 recency_boost=4.0, recency_scale=5.0)
+    assert (cfg.fed.rounds, cfg.fed.local, cfg.fed.server, cfg.fed.averaging, cfg.fed.eval_every) == (
+        140, LocalConfig(steps=2, lr=0.6, user_lr=1.0, fold_in=False), ServerOptConfig(name="adam", lr=0.05),
+        "item", 20)
+    assert protocol_preset("E1").model == MFConfig(kind="explicit", dim=32, reg=0.12, bias_reg=0.12)

@@ -91,7 +91,7 @@ __all__ = [
 ]
 
 DeviceState = MutableMapping[str, np.ndarray]
-"""A device's private state: named numpy arrays (``fedrec.train.device.DeviceState``)."""
+"""A device's private state: named numpy arrays (``fedrec.federated.device.DeviceState``)."""
 
 PREFIX = "secagg."
 FORMAT = 1

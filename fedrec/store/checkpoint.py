@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from fedrec.errors import CheckpointError
+from fedrec.federated.server_state import ServerState
 from fedrec.model.params import GlobalParams
 from fedrec.store.atomic import atomic_write_bytes
 from fedrec.train.aggregate import ServerOptConfig, ServerOptimizer
-from fedrec.train.federated import ServerState
 
 FORMAT = "fedrec-checkpoint/1"
 _OPT_PREFIX = "opt."

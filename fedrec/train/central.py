@@ -47,6 +47,15 @@ class CentralConfig:
             raise ConfigError(f"train.lr-decay: must be in (0, 1], got {self.lr_decay}")
 
 
+#: Trainer settings per protocol, chosen on validation splits carved from the training data (never on
+#: test items; ``python -m simulations.tune_e1`` / ``tune_r1``, README "How the defaults were chosen").
+#: The model's own settings are the run configuration's (:data:`fedrec.runconfig.PROTOCOL_PRESETS`).
+CENTRAL_PRESETS: dict[str, CentralConfig] = {
+    "E1": CentralConfig(epochs=60, lr=0.005, batch_size=512),
+    "R1": CentralConfig(epochs=40, lr=0.01, batch_size=512),
+}
+
+
 def train_central(train: Interactions, model: MFConfig, trainer: CentralConfig | None = None,
                   *, progress: ProgressFn | None = None) -> MFModel:
     """Fit a model on all of ``train``; returns GLOBAL and LOCAL parameters together."""

@@ -21,8 +21,8 @@ import numpy as np
 from fedrec.data.registry import DATA_DIR_ENV, DATASET_NAMES, load_dataset
 from fedrec.errors import FedRecError
 from fedrec.metrics.evaluate import baseline_metrics, evaluate
-from fedrec.train.central import train_central
-from fedrec.train.presets import CENTRAL_PRESETS, MODEL_PRESETS
+from fedrec.runconfig import protocol_preset
+from fedrec.train.central import CENTRAL_PRESETS, train_central
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = MODEL_PRESETS[args.protocol]
+    model = protocol_preset(args.protocol).model
     trainer = CENTRAL_PRESETS[args.protocol]
     model = dataclasses.replace(model, **_given(dim=args.dim, reg=args.reg))
     trainer = dataclasses.replace(trainer, seed=args.seed, **_given(epochs=args.epochs, lr=args.lr))

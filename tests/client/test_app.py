@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from fedrec.client.app import stream_offset
+from fedrec.client.device import stream_offset
 from flwr.app import Context, RecordDict
 
 from fedrec import wire

@@ -14,30 +14,17 @@ from fedrec import wire
 from fedrec.data.interactions import Dataset
 from fedrec.data.partition import PartitionSource, partitions
 from fedrec.errors import ConfigError
+from fedrec.federated.device import device_evaluate, device_train, evaluate_user, load_accountant, train_user
+from fedrec.federated.plan import PrivacyPlan, build_plan, with_min_survivors
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig, ServerState, prior_mean, sample_cohort
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams, LocalParams
-from fedrec.privacy.calibration import local_schedule
+from fedrec.privacy.calibration import local_schedule, noise_multiplier_for
 from fedrec.privacy.clipping import global_l2_norm
 from fedrec.privacy.config import DPConfig
-from fedrec.privacy.plan import (
-    PrivacyPlan,
-    build_plan,
-    calibrate_noise_multiplier,
-    privacy_plan,
-    with_min_survivors,
-)
 from fedrec.runconfig import RunConfig
 from fedrec.train.aggregate import RoundSums, ServerOptConfig, pseudo_gradient
-from fedrec.train.device import device_evaluate, device_train, load_accountant
-from fedrec.train.federated import (
-    FedConfig,
-    ServerState,
-    client_evaluate,
-    client_round,
-    prior_mean,
-    run_reference,
-    sample_cohort,
-)
 from fedrec.train.local import LocalConfig
 
 DELTA = 1e-5
@@ -135,14 +122,17 @@ def test_rating_level_calibration_spends_the_whole_budget_and_no_more() -> None:
 
 @pytest.mark.parametrize("eps,q,steps", [(8.0, 0.2, 150), (1.0, 0.01, 1000), (16.0, 1.0, 3), (0.5, 1.0, 1),
                                          (4.0, 0.05, 30)])
-def test_fast_calibration_meets_the_opacus_contract(eps: float, q: float, steps: int) -> None:
-    from fedrec.privacy.calibration import noise_multiplier_for
+def test_calibration_meets_the_opacus_contract(eps: float, q: float, steps: int) -> None:
+    from opacus.accountants.utils import get_noise_multiplier
 
-    sigma = calibrate_noise_multiplier(epsilon=eps, delta=DELTA, sample_rate=q, steps=steps)
+    sigma = noise_multiplier_for(epsilon=eps, delta=DELTA, sample_rate=q, steps=steps)
     reached = _opacus_epsilon([(sigma, q, steps)])
     assert eps - 0.01 <= reached <= eps
-    assert sigma == pytest.approx(noise_multiplier_for(epsilon=eps, delta=DELTA, sample_rate=q, steps=steps),
-                                  rel=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opacus_sigma = get_noise_multiplier(target_epsilon=eps, target_delta=DELTA, sample_rate=q, steps=steps,
+                                            accountant="rdp", epsilon_tolerance=0.01)
+    assert sigma == pytest.approx(opacus_sigma, rel=0.01)
 
 
 def test_evaluation_under_rating_dp_folds_in_locally(small_explicit: Dataset) -> None:
@@ -234,10 +224,10 @@ def test_poisson_cohorts_have_rate_q() -> None:
 
 
 def _pre_privacy_reference(dataset: Dataset, model: MFConfig, fed: FedConfig) -> list[dict[str, float]]:
-    """The plain loop: client_round per sampled user, no policy, evaluation of the users trained so far."""
+    """The plain loop: train_user per sampled user, no policy, evaluation of the users trained so far."""
     train, test = dataset.train, dataset.test
     by_user, test_by_user = train.by_user(), test.by_user()
-    mu = prior_mean(dataset.rating_scale) if model.kind == "explicit" else 0.0
+    mu = prior_mean(model.kind, dataset.rating_scale)
     state = ServerState.start(train.n_items, model, fed, global_mean=mu)
     locals_: dict[int, LocalParams] = {}
     users = [u for u in range(train.n_users) if len(by_user[u])]
@@ -249,7 +239,7 @@ def _pre_privacy_reference(dataset: Dataset, model: MFConfig, fed: FedConfig) ->
                 np.zeros(state.glob.n_items, np.float32)]
         for u in cohort:
             rows = by_user[u]
-            update, locals_[u] = client_round(state.glob, locals_.get(u), train.items[rows], train.ratings[rows],
+            update, locals_[u] = train_user(state.glob, locals_.get(u), train.items[rows], train.ratings[rows],
                                               model=model, config=fed.local,
                                               rng=np.random.default_rng([fed.seed, rnd, u]))
             sums[0] += update.item_factors
@@ -262,7 +252,7 @@ def _pre_privacy_reference(dataset: Dataset, model: MFConfig, fed: FedConfig) ->
             ms = MetricSums()
             for u, local in locals_.items():
                 rows = test_by_user[u]
-                ms.merge(client_evaluate(state.glob, local, train.items[by_user[u]], test.items[rows],
+                ms.merge(evaluate_user(state.glob, local, train.items[by_user[u]], test.items[rows],
                                          test.ratings[rows], kind=model.kind, scale=dataset.rating_scale))
             history.append({"round": float(rnd), **ms.result()})
     return history
@@ -289,9 +279,9 @@ def test_reference_rating_level_rows_report_spent_budgets(small_explicit: Datase
     cfg = RunConfig.from_flat({"synthetic.n-users": 40, "synthetic.n-items": 30, "synthetic.mean-interactions": 10,
                                "model.dim": 4, "rounds": 2, "eval-every": 1, "dp.unit": "rating",
                                "dp.noise-multiplier": 1.0, "dp.batch-size": 64})
-    from fedrec.runconfig import load_run_dataset
+    from fedrec.data.spec import load_run_dataset
 
-    _, history = run_reference(load_run_dataset(cfg.data), cfg.model, cfg.fed, privacy=privacy_plan(cfg))
+    _, history = run_reference(load_run_dataset(cfg.data), cfg.model, cfg.fed, privacy=cfg.privacy_plan())
     for row in history:
         assert row["dp_unit"] == "rating" and row["delta"] == DELTA and row["accountant"] == "rdp"
         assert 0 < row["epsilon_min"] <= row["epsilon_median"] <= row["epsilon_max"] == row["epsilon"]
@@ -340,14 +330,14 @@ def test_dp_switches_the_default_averaging_to_fedavg() -> None:
 
 def test_plan_is_shared_by_devices_and_server() -> None:
     cfg = RunConfig.from_flat({"dp.unit": "user", "dp.epsilon": 4, "dp.cohort-rate": 0.1, "rounds": 20})
-    plan = privacy_plan(cfg)
+    plan = cfg.privacy_plan()
     assert plan.user is not None and plan.user.noise_multiplier > 0
-    assert privacy_plan(RunConfig.from_flat(dict(cfg.flat))) is plan
+    assert RunConfig.from_flat(dict(cfg.flat)).privacy_plan() is plan
     eps = _opacus_epsilon([(plan.user.noise_multiplier, 0.1, 20)])
     assert 3.9 < eps <= 4.0
 
 
 def test_infinite_epsilon_means_no_noise() -> None:
     cfg = RunConfig.from_flat({"dp.unit": "user", "dp.epsilon": math.inf, "dp.cohort-rate": 0.1})
-    user = privacy_plan(cfg).user
+    user = cfg.privacy_plan().user
     assert user is not None and user.noise_multiplier == 0.0 and user.central_noise_std == 0.0

@@ -8,20 +8,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.server.privacy import make_server_privacy
 from opacus.accountants import RDPAccountant
 
 from fedrec import wire
 from fedrec.errors import ConfigError, PrivacyError
-from fedrec.privacy.config import DPConfig
-from fedrec.privacy.plan import build_plan, check_population, with_min_survivors
-from fedrec.privacy.server import (
+from fedrec.federated.plan import build_plan, check_population, with_min_survivors
+from fedrec.federated.policy import (
     RatingLevelPolicy,
     ServerPolicy,
     UserLevelPolicy,
     server_policy,
     spent_budget_summary,
 )
+from fedrec.privacy.config import DPConfig
 from fedrec.runconfig import RunConfig
 from fedrec.train.aggregate import RoundSums
 
@@ -147,33 +146,34 @@ def test_population_checks() -> None:
 BASE = {"synthetic.n-users": 50, "synthetic.n-items": 20, "rounds": 3}
 
 
-def test_adapter_resolves_t_min_and_forwards_it() -> None:
+def test_config_for_population_resolves_t_min_and_forwards_it() -> None:
     cfg = RunConfig.from_flat({**BASE, "dp.unit": "user", "dp.epsilon": 8, "dp.cohort-rate": 0.25,
                                "dp.noise": "distributed"})
-    privacy = make_server_privacy(cfg, population=400)
-    assert privacy.cfg.flat["dp.min-survivors"] == 100
-    assert privacy.plan.user is not None and privacy.plan.user.min_survivors == 100
+    sent = cfg.for_population(400)
+    assert sent.flat["dp.min-survivors"] == 100
+    plan = sent.privacy_plan()
+    assert plan.user is not None and plan.user.min_survivors == 100
     secure = RunConfig.from_flat({**cfg.flat, "secagg.enabled": True, "secagg.threshold": 60})
-    assert make_server_privacy(secure, population=400).cfg.flat["dp.min-survivors"] == 60
+    assert secure.for_population(400).flat["dp.min-survivors"] == 60
     with pytest.raises(ConfigError, match="dp.min-survivors"):
         RunConfig.from_flat({**cfg.flat, "secagg.enabled": True, "secagg.threshold": 0.5})
     pinned = RunConfig.from_flat({**cfg.flat, "dp.min-survivors": 40})
-    assert make_server_privacy(pinned, population=400).cfg.flat["dp.min-survivors"] == 40
+    assert pinned.for_population(400).flat["dp.min-survivors"] == 40
+    central = RunConfig.from_flat({**BASE, "dp.unit": "user", "dp.epsilon": 8, "dp.cohort-rate": 0.25})
+    assert central.for_population(400) is central
 
 
-def test_adapter_off_and_rating_need_no_population() -> None:
-    privacy = make_server_privacy(RunConfig.from_flat(BASE))
+def test_policy_of_a_config_off_and_rating() -> None:
+    privacy = server_policy(RunConfig.from_flat(BASE).privacy_plan(), population=1)
     assert privacy.report([]) == {} and privacy.allows_next_round()
-    rating = make_server_privacy(RunConfig.from_flat({**BASE, "dp.unit": "rating", "dp.epsilon": 8}))
+    rating = server_policy(RunConfig.from_flat({**BASE, "dp.unit": "rating", "dp.epsilon": 8}).privacy_plan(),
+                           population=1)
     assert rating.report([{wire.MET_EPSILON: 1.5}])["epsilon"] == 1.5
-    with pytest.raises(ConfigError, match="population"):
-        make_server_privacy(RunConfig.from_flat({**BASE, "dp.unit": "user", "dp.epsilon": 8,
-                                                 "dp.cohort-rate": 0.5}))
 
 
-def test_adapter_user_level_round() -> None:
+def test_policy_of_a_config_user_level_round() -> None:
     cfg = RunConfig.from_flat({**BASE, "dp.unit": "user", "dp.epsilon": 8, "dp.cohort-rate": 0.5})
-    privacy = make_server_privacy(cfg, population=50)
+    privacy = server_policy(cfg.privacy_plan(), population=50)
     rng = np.random.default_rng(0)
     cohort = privacy.cohort(list(range(50)), 50, rng)
     assert 0 < len(cohort) < 50
@@ -181,8 +181,8 @@ def test_adapter_user_level_round() -> None:
     assert expected == 25.0 and sums.item_factors.any()
     row = privacy.report([])
     assert {"epsilon", "delta", "dp_unit", "accountant"} <= set(row)
-    restored = make_server_privacy(cfg, population=50)
-    restored.load_state(privacy.state())
+    restored = server_policy(cfg.privacy_plan(), population=50)
+    restored.load_state_dict(privacy.state_dict())
     assert restored.report([])["epsilon"] == row["epsilon"]
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.client.app import load_state, make_client_app, simulation_source, train_device
+from fedrec.client.app import make_client_app
+from fedrec.client.device import simulation_source, train_device
+from fedrec.client.records import load_state
 from fedrec.server.app import catalogue_for
 from fedrec.server.loop import _train_round, run_server, wait_for_nodes
 from fedrec.server.secagg import SecureRounds, neighbours_for, secure_train_round, threshold_for
@@ -27,11 +29,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedrec import wire
+from fedrec.federated.server_state import ServerState
 from fedrec.runconfig import RunConfig
 from fedrec.secagg import flatten_update, protocol_round_id, quant_config_for
 from fedrec.secagg.quantize import quantize
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import ServerState
 
 N_DEVICES, N_ITEMS, DIM = 24, 40, 16
 SMALL = {"synthetic.n-users": N_DEVICES, "synthetic.n-items": N_ITEMS, "synthetic.mean-interactions": 12,
@@ -428,14 +430,14 @@ def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanl
     The noise is calibrated for all 5 rounds, so the budget is made to run out after two accountant
     steps: exactly the policy's stop, earlier.
     """
-    from fedrec.server.privacy import ServerPrivacy
+    from fedrec.federated.policy import UserLevelPolicy
 
-    allows = ServerPrivacy.allows_next_round
+    allows = UserLevelPolicy.allows_next_round
 
-    def two_rounds_of_budget(self: ServerPrivacy) -> bool:
-        return allows(self) and self.policy.accountant.total_steps < 2  # type: ignore[attr-defined]
+    def two_rounds_of_budget(self: UserLevelPolicy) -> bool:
+        return allows(self) and self.accountant.total_steps < 2
 
-    monkeypatch.setattr(ServerPrivacy, "allows_next_round", two_rounds_of_budget)
+    monkeypatch.setattr(UserLevelPolicy, "allows_next_round", two_rounds_of_budget)
     cfg = RunConfig.from_flat({**SMALL, "model.dim": 4, "rounds": 5, "eval-every": 10, "dp.unit": "user",
                                "dp.epsilon": 8.0, "dp.cohort-rate": 0.5, "dp.delta": 1e-3})
     box: dict[str, Any] = {}

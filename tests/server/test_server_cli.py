@@ -16,9 +16,9 @@ import pytest
 
 from fedrec.deploy.runspec import CONFIG_KEY, RESUME_KEY, RunRecord, envelope, from_run_config
 from fedrec.errors import ConfigError
+from fedrec.federated.server_state import ServerState
 from fedrec.runconfig import RunConfig, dump_toml
 from fedrec.store.checkpoint import save_checkpoint
-from fedrec.train.federated import ServerState
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"synthetic.n-users": 5, "synthetic.n-items": 20, "model.dim": 4, "rounds": 3}

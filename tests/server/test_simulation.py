@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.client.app import make_client_app, simulation_source
+from fedrec.client.app import make_client_app
+from fedrec.client.device import simulation_source
 from fedrec.server.app import catalogue_for
 from fedrec.server.loop import run_server
 from fedrec.simulations.runner import simulate

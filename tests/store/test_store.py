@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from fedrec.errors import CheckpointError
+from fedrec.federated.server_state import FedConfig, ServerState
 from fedrec.model.mf import MFConfig
 from fedrec.store.atomic import atomic_write_bytes
 from fedrec.store.checkpoint import load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums, ServerOptConfig
-from fedrec.train.federated import FedConfig, ServerState
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from fedrec.data.interactions import Dataset
 from fedrec.errors import ConfigError
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig, prior_mean, sample_cohort
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.train.aggregate import RoundSums, ServerOptConfig, ServerOptimizer, pseudo_gradient
-from fedrec.train.federated import FedConfig, prior_mean, run_reference, sample_cohort
 from fedrec.train.foldin import fold_in
 from fedrec.train.local import LocalConfig, local_update, sample_negatives
 
@@ -116,7 +117,8 @@ def test_sampling_fixed_and_poisson() -> None:
 
 
 def test_prior_mean_is_public() -> None:
-    assert prior_mean((1.0, 5.0)) == 3.0 and prior_mean(None) == 0.0
+    assert prior_mean("explicit", (1.0, 5.0)) == 3.0 and prior_mean("explicit", None) == 0.0
+    assert prior_mean("implicit", (1.0, 5.0)) == 0.0
 
 
 def test_reference_loop_learns_explicit(small_explicit: Dataset) -> None:

@@ -11,12 +11,13 @@ import torch
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.errors import ConfigError
+from fedrec.federated.reference import run_reference
+from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig, recency_weights
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.central import CentralConfig, _implicit_loss, _init_params, train_central
-from fedrec.train.federated import FedConfig, run_reference
 from fedrec.train.local import LocalConfig, _implicit_grad, local_update, sample_negatives
 
 

@@ -4,7 +4,8 @@ Devices and server must agree on every number the guarantee rests on: the
 noise multiplier, the clip bound, the sampling rate, the number of rounds the
 budget covers and, for distributed noise, the fewest devices ``t_min`` whose
 noisy updates are ever summed. Both sides build a :class:`PrivacyPlan` from the
-same run configuration with :func:`privacy_plan`, so they cannot disagree.
+same run configuration (:meth:`fedrec.runconfig.RunConfig.privacy_plan`, which
+calls :func:`build_plan`), so they cannot disagree.
 
 Rating-level DP (``dp.unit = rating``)
     Each device runs DP-SGD (:func:`~fedrec.privacy.local_dp.dp_local_train`)
@@ -22,24 +23,19 @@ User-level DP (``dp.unit = user``)
     with noise multiplier ``sigma`` runs per round, so ``sigma`` is calibrated
     with ``noise_multiplier_for(epsilon, delta, sample_rate=q, steps=rounds)``.
     Distributed noise divides the variance over ``t_min`` devices
-    (:func:`resolve_min_survivors`).
+    (:meth:`fedrec.runconfig.RunConfig.for_population`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
 
 from fedrec.errors import ConfigError
+from fedrec.privacy.calibration import noise_multiplier_for, rating_level_noise_multiplier
 from fedrec.privacy.config import DPConfig
-
-if TYPE_CHECKING:
-    from fedrec.runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +100,7 @@ class RatingLevelPlan:
         The fixed ``dp.noise-multiplier``, or the one calibrated so that
         ``planned_rounds`` rounds of this device's schedule (sampling rate
         ``batch_size / n_ratings``) spend ``epsilon`` (within 0.01, never
-        more; :func:`calibrate_noise_multiplier`). Either way the device's
+        more; :func:`~fedrec.privacy.calibration.noise_multiplier_for`). Either way the device's
         accountant records its real history and refuses a round beyond the
         budget.
         """
@@ -210,15 +206,14 @@ class PrivacyPlan:
 OFF = PrivacyPlan()
 
 
-def privacy_plan(cfg: RunConfig) -> PrivacyPlan:
-    """The plan of a resolved run configuration (cached; calibration runs once per process)."""
-    key = tuple(sorted(cfg.flat.items()))
-    return _plan_cached(key, cfg)
-
-
+@lru_cache(maxsize=64)
 def build_plan(dp: DPConfig, *, rounds: int, lr: float, local_epochs: int | None = None,
                batch_size: int | None = None, min_survivors: int | None = None) -> PrivacyPlan:
-    """The plan from its parts (what :func:`privacy_plan` reads from a run configuration).
+    """The plan from its parts (cached: calibration runs once per process and setting).
+
+    :meth:`fedrec.runconfig.RunConfig.privacy_plan` reads the parts from a run
+    configuration, so server and devices build the same plan from the same
+    downlink.
 
     Raises
     ------
@@ -251,31 +246,6 @@ def with_min_survivors(plan: PrivacyPlan, min_survivors: int) -> PrivacyPlan:
     return replace(plan, user=replace(plan.user, min_survivors=int(min_survivors)))
 
 
-def resolve_min_survivors(cfg: RunConfig, population: int) -> int | None:
-    """``t_min`` of distributed user-level noise for ``population`` devices.
-
-    ``dp.min-survivors`` when given. Otherwise, with secure aggregation on,
-    an absolute ``secagg.threshold`` ``t``: SecAgg never reveals a sum of
-    fewer survivors, so each device's share ``1 / t`` of the variance adds up
-    to the full ``(sigma S)^2`` in anything the server can see. (A fractional
-    threshold is refused at config time by :func:`check_config`: the
-    threshold SecAgg+ derives from it depends on the round's neighbourhoods.)
-    With secure aggregation off, the expected cohort ``floor(q N)``: the
-    server sees every update anyway, so the noise only protects the released
-    model, and the server adds the missing share itself in a round with fewer
-    survivors (see :class:`~fedrec.privacy.server.UserLevelPolicy`). None for
-    other modes.
-    """
-    if cfg.dp.unit != "user" or cfg.dp.noise != "distributed":
-        return None
-    given = cfg.flat.get(MIN_SURVIVORS_KEY)
-    if given is not None:
-        return int(given)  # type: ignore[arg-type]
-    if cfg.secagg.enabled:
-        return int(cfg.secagg.threshold)
-    return max(1, math.floor(cfg.dp.cohort_rate * population))
-
-
 def check_population(plan: PrivacyPlan, population: int) -> None:
     """Refuse a plan that cannot work for ``population`` devices (before round 1).
 
@@ -305,64 +275,11 @@ def check_population(plan: PrivacyPlan, population: int) -> None:
                     user.delta, 1.0 / population)
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Refuse privacy settings that make no sense together; each error names a key.
-
-    Called by :meth:`RunConfig.from_flat`, so it runs before anything trains.
-    """
-    flat, dp = cfg.flat, cfg.dp
-    for key in (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY, MIN_SURVIVORS_KEY):
-        value = flat.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-            raise ConfigError(f"{key}: must be an integer >= 1, got {value!r}")
-    if dp.unit != "rating":
-        for key in (LOCAL_EPOCHS_KEY, BATCH_SIZE_KEY):
-            if flat.get(key) is not None:
-                raise ConfigError(f"{key}: only used by rating-level DP-SGD, but dp.unit={dp.unit!r}")
-    if flat.get(MIN_SURVIVORS_KEY) is not None and not (dp.unit == "user" and dp.noise == "distributed"):
-        raise ConfigError(f"{MIN_SURVIVORS_KEY}: only used by distributed user-level noise "
-                          f"(dp.unit='user', dp.noise='distributed')")
-    if dp.unit != "user" and dp.cohort_rate != 1.0:
-        raise ConfigError(f"dp.cohort-rate: Poisson cohorts belong to user-level DP, but dp.unit={dp.unit!r}; "
-                          "use cohort for the devices per round")
-    if not dp.enabled:
-        return
-    if cfg.fed.averaging != "fedavg":
-        raise ConfigError(f"strategy.averaging: {cfg.fed.averaging!r} divides by per-item counts, which a "
-                          "DP device does not send (they are not covered by the guarantee); use 'fedavg'")
-    if dp.unit == "rating":
-        if cfg.model.kind != "explicit":
-            raise ConfigError("dp.unit: rating-level DP-SGD trains the explicit rating model (protocol E1); "
-                              f"protocol {flat.get('protocol')!r} has implicit feedback, use dp.unit='user'")
-        if dp.noise != "central":
-            raise ConfigError("dp.noise: rating-level noise is added on each device by DP-SGD; "
-                              "'distributed' applies to dp.unit='user'")
-        if dp.secure_mode and importlib.util.find_spec("torchcsprng") is None:
-            raise ConfigError("dp.secure-mode: rating-level secure mode needs Opacus's torchcsprng, "
-                              "which is not installed")
-    if dp.unit == "user":
-        if cfg.fed.cohort != 1.0:
-            raise ConfigError("cohort: user-level DP samples each device independently with probability "
-                              "dp.cohort-rate; leave cohort at 1")
-        if (dp.noise == "distributed" and cfg.secagg.enabled and flat.get(MIN_SURVIVORS_KEY) is None
-                and cfg.secagg.threshold <= 1):
-            raise ConfigError(f"{MIN_SURVIVORS_KEY}: distributed noise under secure aggregation needs t_min, the "
-                              "fewest updates the server can ever unmask; set it (at most the SecAgg threshold) "
-                              "or give secagg.threshold as an absolute count")
-        if dp.noise == "distributed" and not cfg.secagg.enabled:
-            log.warning("dp.noise = distributed without secure aggregation: the server sees each update "
-                        "with only 1/t_min of the noise; the guarantee covers the released model only")
-
-
 # --------------------------------------------------------------------------- calibration
 
 
 @lru_cache(maxsize=256)
 def _user_noise_multiplier(epsilon: float, delta: float, sample_rate: float, rounds: int, accountant: str) -> float:
-    from fedrec.privacy.calibration import noise_multiplier_for
-
     sigma = noise_multiplier_for(epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=rounds,
                                  accountant=accountant)
     log.info("user-level noise multiplier %.4f for epsilon=%g delta=%g q=%g over %d rounds (%s)",
@@ -373,105 +290,6 @@ def _user_noise_multiplier(epsilon: float, delta: float, sample_rate: float, rou
 @lru_cache(maxsize=4096)
 def _rating_noise_multiplier(*, epsilon: float, delta: float, n_ratings: int, batch_size: int, epochs: int,
                              rounds: int, accountant: str) -> float:
-    from fedrec.privacy.calibration import local_schedule
-
-    if math.isinf(epsilon):
-        return 0.0
-    schedule = local_schedule(n_ratings=n_ratings, batch_size=batch_size, epochs=epochs)
-    return calibrate_noise_multiplier(epsilon=epsilon, delta=delta, sample_rate=schedule.sample_rate,
-                                      steps=rounds * schedule.steps, accountant=accountant)
-
-
-#: Solved calibrations per (epsilon, delta, accountant): (q * sqrt(steps), sigma), the starting guesses.
-_SOLVED: dict[tuple[float, float, str], list[tuple[float, float]]] = {}
-
-
-@lru_cache(maxsize=8192)
-def calibrate_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, steps: int,
-                               accountant: str = "rdp", tolerance: float = 0.01) -> float:
-    """Noise multiplier whose epsilon, by the Opacus accountant, is in ``[epsilon - tolerance, epsilon]``.
-
-    The same contract as :func:`~fedrec.privacy.calibration.noise_multiplier_for`
-    (Opacus's bisection), reached with a few evaluations instead of a dozen:
-    a safeguarded regula falsi on ``log epsilon`` against ``log sigma`` (nearly
-    a straight line), started from the nearest calibration already solved,
-    scaled by ``q sqrt(steps)``. Rating-level devices each calibrate for their
-    own rating count, so on a large population this is what keeps the first
-    round from being dominated by calibration.
-
-    Raises
-    ------
-    PrivacyError
-        When no noise multiplier up to ``2**20`` reaches ``epsilon``.
-    """
-    from fedrec.errors import PrivacyError
-    from fedrec.privacy.accounting import epsilon_of
-
-    if math.isinf(epsilon) or steps == 0:
-        return 0.0
-
-    def eps_of(sigma: float) -> float:
-        return epsilon_of(accountant, ((sigma, sample_rate, steps),), delta)
-
-    scale = sample_rate * math.sqrt(steps)
-    solved = _SOLVED.setdefault((epsilon, delta, accountant), [])
-    if solved:
-        near_scale, near_sigma = min(solved, key=lambda p: abs(math.log(p[0] / scale)))
-        sigma = near_sigma * scale / near_scale
-    else:
-        sigma = max(0.3, scale * math.sqrt(2 * math.log(1.25 / delta)) / epsilon)
-    lo: tuple[float, float] | None = None  # (sigma, eps) with eps > target
-    hi: tuple[float, float] | None = None  # (sigma, eps) with eps <= target
-    for _ in range(100):
-        value = eps_of(sigma)
-        if value <= epsilon:
-            hi = (sigma, value)
-            if epsilon - value <= tolerance:
-                break
-        else:
-            lo = (sigma, value)
-        if lo is not None and hi is not None:
-            sigma = _interpolate(lo, hi, epsilon)
-        elif not math.isfinite(value) or value <= 0:
-            sigma = sigma * 2.0 if hi is None else sigma / 2.0
-        else:
-            # epsilon is close to proportional to 1/sigma: aim just past the target to get a bracket
-            aim = epsilon - tolerance / 2 if hi is None else epsilon - tolerance / 4
-            sigma *= (value / aim) * (1.002 if hi is None else 0.998)
-        if sigma > 2.0 ** 20:
-            raise PrivacyError(f"cannot reach epsilon={epsilon} at delta={delta} with sample_rate="
-                               f"{sample_rate} over {steps} steps ({accountant})")
-    assert hi is not None
-    solved.append((scale, hi[0]))
-    return hi[0]
-
-
-def _interpolate(lo: tuple[float, float], hi: tuple[float, float], target: float) -> float:
-    """Next sigma inside ``(lo, hi)``: log-log secant, pulled into the middle 90% of the bracket."""
-    (s_lo, e_lo), (s_hi, e_hi) = lo, hi
-    if math.isfinite(e_lo) and e_hi > 0 and e_lo > e_hi:
-        t = (math.log(e_lo) - math.log(target)) / (math.log(e_lo) - math.log(e_hi))
-        guess = math.exp(math.log(s_lo) + t * (math.log(s_hi) - math.log(s_lo)))
-    else:
-        guess = math.sqrt(s_lo * s_hi)
-    return min(max(guess, s_lo + 0.05 * (s_hi - s_lo)), s_hi - 0.05 * (s_hi - s_lo))
-
-
-_PLANS: dict[tuple[Any, ...], PrivacyPlan] = {}
-
-
-def _plan_cached(key: tuple[Any, ...], cfg: RunConfig) -> PrivacyPlan:
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) > 64:
-            _PLANS.clear()
-        plan = _PLANS[key] = build_plan(
-            cfg.dp, rounds=cfg.fed.rounds, lr=cfg.fed.local.lr,
-            local_epochs=_opt_int(cfg.flat, LOCAL_EPOCHS_KEY), batch_size=_opt_int(cfg.flat, BATCH_SIZE_KEY),
-            min_survivors=_opt_int(cfg.flat, MIN_SURVIVORS_KEY))
-    return plan
-
-
-def _opt_int(flat: Mapping[str, Any], key: str) -> int | None:
-    value = flat.get(key)
-    return None if value is None else int(value)
+    return rating_level_noise_multiplier(epsilon=epsilon, delta=delta, n_ratings=n_ratings,
+                                         batch_size=batch_size, epochs=epochs, rounds=rounds,
+                                         accountant=accountant)

@@ -1,15 +1,15 @@
 """What a device does in a round, independent of how messages travel.
 
 The Flower ClientApp (``client/``), the in-process reference loop
-(:func:`fedrec.train.federated.run_reference`) and, later, the client SDK call
-these two functions. A device reads its rows through an
+(:func:`fedrec.federated.reference.run_reference`) and, later, the client SDK call
+these two functions (:func:`device_train`, :func:`device_evaluate`). A device reads its rows through an
 :class:`InteractionSource` and keeps its private state (user factors, privacy
 accountants) as named arrays in a :class:`DeviceState` mapping:
 ``Context.state`` in simulation, the encrypted on-device store in deployment.
 A device may hold several users; their updates are summed before anything
 leaves it.
 
-Differential privacy (``privacy``, a :class:`~fedrec.privacy.plan.PrivacyPlan`):
+Differential privacy (``privacy``, a :class:`~fedrec.federated.plan.PrivacyPlan`):
 
 * ``rating``: each user trains with DP-SGD (Opacus) instead of the plain local
   step, with its own accountant kept in the state across rounds; a user whose
@@ -38,15 +38,14 @@ import numpy as np
 
 from fedrec import wire
 from fedrec.data.partition import InteractionSource
-from fedrec.metrics.core import MetricSums
-from fedrec.model.mf import MFConfig
+from fedrec.federated.plan import PrivacyPlan, RatingLevelPlan, UserLevelPlan
+from fedrec.metrics.core import MetricSums, ranking_sums, rating_sums
+from fedrec.model.mf import MFConfig, score_items
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.privacy.clipping import clip_update
 from fedrec.privacy.noise import add_noise
-from fedrec.privacy.plan import PrivacyPlan, RatingLevelPlan, UserLevelPlan
-from fedrec.train.federated import client_evaluate, client_round, initial_local
 from fedrec.train.foldin import fold_in
-from fedrec.train.local import LocalConfig, LocalUpdate
+from fedrec.train.local import LocalConfig, LocalUpdate, local_update
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +138,37 @@ def device_evaluate(source: InteractionSource, state: DeviceState, glob: GlobalP
         if params is None:
             params = _cold_start(glob, train.items[tr], train.ratings[tr], model, local,
                                  np.random.default_rng([seed, int(user)]), train.timestamps[tr])
-        total.merge(client_evaluate(glob, params, train.items[tr], test.items[te], test.ratings[te],
+        total.merge(evaluate_user(glob, params, train.items[tr], test.items[te], test.ratings[te],
                                     kind=model.kind, scale=scale))
     return total
+
+
+def train_user(glob: GlobalParams, local: LocalParams | None, items: np.ndarray, ratings: np.ndarray, *,
+                 model: MFConfig, config: LocalConfig, rng: np.random.Generator,
+                 timestamps: np.ndarray | None = None) -> tuple[LocalUpdate, LocalParams]:
+    """One user's local step on a device: train, return (dense update, new LOCAL state)."""
+    if local is None:
+        local = initial_local(model, rng)
+    return local_update(glob, local, items, ratings, model=model, config=config, rng=rng, timestamps=timestamps)
+
+
+def initial_local(model: MFConfig, rng: np.random.Generator) -> LocalParams:
+    """A new device's user factor: small random for implicit (a zero factor gets no gradient)."""
+    if model.kind == "implicit":
+        return LocalParams(rng.normal(0.0, model.init_std, model.dim).astype(np.float32), 0.0)
+    return LocalParams.zeros(model.dim)
+
+
+def evaluate_user(glob: GlobalParams, local: LocalParams, train_items: np.ndarray, test_items: np.ndarray,
+                    test_ratings: np.ndarray, *, kind: str, scale: tuple[float, float] | None,
+                    ks: tuple[int, ...] = (10,)) -> MetricSums:
+    """Metrics on one user's held-out rows, as sums and counts only."""
+    if len(test_items) == 0:
+        return MetricSums()
+    scores = score_items(glob, local)
+    if kind == "explicit":
+        return rating_sums(scores[test_items], test_ratings, scale)
+    return ranking_sums(scores[None, :].copy(), [train_items], [test_items], ks=ks)
 
 
 def _plain_train(source: InteractionSource, state: DeviceState, glob: GlobalParams, *, model: MFConfig,
@@ -152,8 +179,8 @@ def _plain_train(source: InteractionSource, state: DeviceState, glob: GlobalPara
     for user in users:
         mask = rows.users == user
         rng = np.random.default_rng([seed, round_, user_offset + int(user)])
-        update, new_local = client_round(glob, load_local(state, int(user)), rows.items[mask], rows.ratings[mask],
-                                         model=model, config=local, rng=rng, timestamps=rows.timestamps[mask])
+        update, new_local = train_user(glob, load_local(state, int(user)), rows.items[mask], rows.ratings[mask],
+                                       model=model, config=local, rng=rng, timestamps=rows.timestamps[mask])
         save_local(state, int(user), new_local)
         parts = [update.item_factors, update.item_bias, update.counts]
         total = parts if total is None else [a + b for a, b in zip(total, parts, strict=True)]
@@ -219,8 +246,8 @@ def _cold_start(glob: GlobalParams, items: np.ndarray, ratings: np.ndarray, mode
                 rng: np.random.Generator, timestamps: np.ndarray | None = None) -> LocalParams:
     if model.kind == "explicit":
         return fold_in(glob, items, ratings, reg=model.reg, bias_reg=model.bias_reg)
-    _, params = client_round(glob, initial_local(model, rng), items, ratings, model=model, config=local, rng=rng,
-                             timestamps=timestamps)
+    _, params = train_user(glob, initial_local(model, rng), items, ratings, model=model, config=local, rng=rng,
+                           timestamps=timestamps)
     return params
 
 

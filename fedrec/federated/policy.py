@@ -2,8 +2,8 @@
 
 A policy sees only what the server sees: the node list, the summed update of
 a round and the scalars devices state in the clear. It is pure (no transport):
-the Flower ServerApp (``server/privacy.py``) and the in-process reference loop
-(:func:`fedrec.train.federated.run_reference`) call the same methods in the
+the Flower ServerApp (``server/loop.py``) and the in-process reference loop
+(:func:`fedrec.federated.reference.run_reference`) call the same methods in the
 same order, with the same random generator, so DP behaves identically in both:
 
     if not policy.allows_next_round(): stop
@@ -36,11 +36,11 @@ import numpy as np
 
 from fedrec import wire
 from fedrec.errors import ConfigError, PrivacyError
+from fedrec.federated.plan import OFF, PrivacyPlan, RatingLevelPlan, UserLevelPlan, check_population
+from fedrec.federated.server_state import sample_cohort
 from fedrec.privacy.accounting import PrivacyAccountant
 from fedrec.privacy.noise import gaussian_noise
-from fedrec.privacy.plan import OFF, PrivacyPlan, RatingLevelPlan, UserLevelPlan, check_population
 from fedrec.train.aggregate import RoundSums
-from fedrec.train.federated import sample_cohort
 
 log = logging.getLogger(__name__)
 
