@@ -175,23 +175,18 @@ def _last_json(text: str) -> dict[str, Any] | None:
 
 
 def register_keys(state: State, public_keys: list[Path]) -> dict[str, int]:
-    """``flwr supernode register`` for each public key (concurrently); key path -> node id."""
-    env = flower_env(state)
-    procs = {str(p): subprocess.Popen([_bin("flwr"), "supernode", "register", str(p), CONNECTION, "--format", "json"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for p in public_keys}
+    """``flwr supernode register`` for each public key, one after the other; key path -> node id.
+
+    Sequential: concurrent registrations all write the SuperLink's SQLite database and, on a
+    loaded machine, one of them stalled past three minutes where one at a time takes seconds.
+    """
     out: dict[str, int] = {}
-    errors = []
-    for path, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=120)
-        reply = _last_json(stdout)
-        if reply is None or not reply.get("success"):
-            reason = (reply or {}).get("error-message") or stderr.strip()[-300:]
-            errors.append(f"{path}: {' '.join(str(reason).split())}")
-        else:
-            out[path] = int(reply["node-id"])
-    if errors:
-        raise DeployError("flwr supernode register: " + "; ".join(errors))
+    for path in public_keys:
+        try:
+            reply = flwr(state, "supernode", "register", str(path), CONNECTION)
+        except DeployError as exc:
+            raise DeployError(f"{path}: {exc}") from exc
+        out[str(path)] = int(reply["node-id"])
     return out
 
 

@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
 
 
-def fedrec(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def fedrec(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fedrec.cli", *args], capture_output=True, text=True,
                           env=_env(), cwd=ROOT, timeout=timeout, check=False)
 
