@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-central": ("fedrec.train.cli", "train the centralized, non-private baseline"),
     "simulate": ("fedrec.simulations.cli", "run a federated simulation on Flower"),
     "sweep": ("fedrec.simulations.sweep", "privacy/utility sweep: table and plot"),
+    "server": ("fedrec.server.cli", "deploy: TLS, device keys, SuperLink, runs, resume, signed export"),
+    "device": ("fedrec.client.cli", "deploy: join a SuperLink as one device (a Flower SuperNode)"),
 }
 
 

@@ -98,3 +98,7 @@ class StoreKeyError(StoreError):
 
 class StoreCorruptError(StoreError):
     """The store file is truncated, tampered with or not a fedrec store; it is never silently reset."""
+
+
+class DeployError(FedRecError):
+    """Deployment material or a deployed process is wrong: names the file, address or process and the rule."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import json
 import logging
 import math
 import tomllib
@@ -327,6 +328,24 @@ def load_toml(path: Path) -> dict[str, Scalar]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     return _flatten(data, "", str(path))
+
+
+def dump_toml(flat: Mapping[str, Any], *, comment: str = "") -> str:
+    """A flat run config as TOML with quoted dotted keys (``"dp.epsilon" = 8``), read back by :func:`load_toml`."""
+    lines = [f"# {comment}"] if comment else []
+    lines += [f"{json.dumps(key)} = {toml_value(flat[key])}" for key in sorted(flat)]
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    """One scalar in TOML syntax (a JSON string is a valid TOML basic string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 def _flatten(table: Mapping[str, Any], prefix: str, where: str) -> dict[str, Scalar]:

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.data.registry import check_recency
 from fedrec.data.spec import shared_run_dataset
+from fedrec.deploy.runspec import from_run_config, write_status
 from fedrec.errors import FedRecError
 from fedrec.runconfig import RunConfig
 
@@ -57,6 +58,14 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flat(dict(context.run_config))
+    """The deployed ServerApp: ``fedrec server run/resume`` ship the configuration in an envelope."""
+    cfg, run_dir, resume = from_run_config(dict(context.run_config))
     check_recency(shared_run_dataset(cfg.data), recency_boost=cfg.model.recency_boost)
-    run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=Path(cfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_status(run_dir, "running", flower_run=context.run_id, rounds=cfg.fed.rounds, resume=resume)
+    try:
+        result = run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, resume=resume)
+    except FedRecError as exc:
+        write_status(run_dir, "failed", flower_run=context.run_id, rounds=cfg.fed.rounds, error=str(exc))
+        raise
+    write_status(run_dir, "finished", flower_run=context.run_id, rounds=cfg.fed.rounds, round=result.state.round)

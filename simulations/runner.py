@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -19,7 +18,7 @@ from fedrec.data.partition import n_partitions
 from fedrec.data.registry import check_recency, warn_unused_weights
 from fedrec.data.spec import load_run_dataset, shared_run_dataset
 from fedrec.errors import CheckpointError, ConfigError
-from fedrec.runconfig import RunConfig
+from fedrec.runconfig import RunConfig, dump_toml
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedrec.store.device_table import DEVICE_STATE_FILE, DeviceStateTable, remove_table
@@ -188,20 +187,7 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def to_toml(flat: dict[str, Any] | Any) -> str:
     """Flat run config as TOML with quoted dotted keys (``"dp.epsilon" = 8``), loadable by ``--config``."""
-    lines = ["# resolved fedrec run configuration; re-run with: fedrec simulate --config config.toml"]
-    for key in sorted(flat):
-        lines.append(f"{json.dumps(key)} = {_toml_value(flat[key])}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
+    return dump_toml(flat, comment="resolved fedrec run configuration; re-run: fedrec simulate --config config.toml")
 
 
 def _quiet_flower(verbose: bool) -> None:

@@ -70,8 +70,10 @@ def test_toml_nested_and_quoted_keys(tmp_path: Path) -> None:
 
 def test_pyproject_app_config_matches_defaults() -> None:
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert app["config"] == DEFAULTS
-    RunConfig.from_flat(app["config"])
+    from fedrec.deploy.runspec import ENVELOPE_DEFAULTS, from_run_config
+
+    assert app["config"] == {**DEFAULTS, **ENVELOPE_DEFAULTS}
+    from_run_config(app["config"])
 
 
 @pytest.mark.parametrize("conf", sorted((ROOT / "simulations" / "conf").glob("*.toml")), ids=lambda p: p.name)
