@@ -95,7 +95,7 @@ def test_resume_refuses_a_corrupted_checkpoint_and_keeps_it(tmp_path: Path) -> N
     data = bytearray(path.read_bytes())
     data[len(data) // 2:] = b"\0" * (len(data) - len(data) // 2)
     path.write_bytes(bytes(data))
-    refused(fedrec("server", "--state", str(tmp_path), "resume", "r"), "checkpoint.npz: not a readable fedrec")
+    refused(fedrec("server", "--state", str(tmp_path), "resume", "r"), "checkpoint.npz: SHA-256 digest mismatch")
     assert path.read_bytes() == bytes(data)
     path.unlink()
     refused(fedrec("server", "--state", str(tmp_path), "resume", "r"), "no checkpoint to resume from")
