@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedrec.client import Device, Interaction, write_key_file
 
-from fedrec.errors import ConfigError, ModelError, RollbackError, SignatureError
+from fedrec.errors import ConfigError, DeployError, ModelError, RollbackError, SignatureError
 from fedrec.model.params import GlobalParams
 from fedrec.store.artifact import sign_model
 
@@ -126,5 +126,11 @@ def test_supernode_command_line(tmp_path: Path) -> None:
                             "--auth-supernode-private-key", "node.key"]
         assert cmd[-1] == f'store="{(tmp_path / "u.fedrec").resolve()}" key-file="{key_file.resolve()}"'
         assert "--insecure" in dev.supernode_command(superlink="127.0.0.1:9092", key_file=key_file, insecure=True)
+        with_identity = dev.supernode_command(superlink="10.0.0.1:9092", key_file=key_file, insecure=True,
+                                              identity=tmp_path / "d.identity")
+        assert with_identity[-1] == (f'store="{(tmp_path / "u.fedrec").resolve()}" key-file="{key_file.resolve()}" '
+                                     f'secagg-identity="{(tmp_path / "d.identity").resolve()}"')
         with pytest.raises(ConfigError, match="exactly one"):
             dev.supernode_command(superlink="x:1", key_file=key_file)
+        with pytest.raises(DeployError, match="d.identity: identity folder not found"):
+            dev.join(superlink="127.0.0.1:1", key_file=key_file, insecure=True, identity=tmp_path / "d.identity")

@@ -13,9 +13,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedrec.deploy.keys import check_device_key, device_key_paths, load_signing_key, make_device_key, make_signing_key
+from fedrec.deploy.keys import (
+    check_device_key,
+    check_identity,
+    device_key_paths,
+    load_authority,
+    load_signing_key,
+    make_authority,
+    make_device_identity,
+    make_device_key,
+    make_signing_key,
+)
 from fedrec.deploy.tls import TLSFiles, check_server_tls, load_cert, sans, write_tls
 from fedrec.errors import DeployError
+from fedrec.secagg.crypto.identity import AUTHORITY_FILE, CERTIFICATE_FILE, IDENTITY_KEY_FILE
 
 
 def _mode(path: Path) -> int:
@@ -190,3 +201,46 @@ def test_device_tls_probe_refuses(tmp_path: Path, case: str) -> None:
             ok_server.close()
     finally:
         server.close()
+
+
+def test_authority_and_device_identity_files(tmp_path: Path) -> None:
+    private, public = make_authority(tmp_path / "authority")
+    assert _mode(private) == 0o600 and _mode(tmp_path / "authority") == 0o700
+    authority = load_authority(private)
+    assert public.read_bytes() == authority.public_key
+    folder = make_device_identity(tmp_path / "devices", "phone-1", authority)
+    assert folder == tmp_path / "devices" / "phone-1.identity" and _mode(folder) == 0o700
+    assert _mode(folder / IDENTITY_KEY_FILE) == 0o600
+    identity = check_identity(folder)
+    assert identity.certificate.verify(authority.public_key).public_bytes_raw() == identity.certificate.public_key
+    with pytest.raises(DeployError, match="identity.pem: already exists"):
+        make_device_identity(tmp_path / "devices", "phone-1", authority)
+    with pytest.raises(DeployError, match="authority.key: already exists"):
+        make_authority(tmp_path / "authority")
+    assert load_authority(private).public_key == authority.public_key  # the refusal left it alone
+    replaced = make_device_identity(tmp_path / "devices", "phone-1", authority, force=True)
+    assert check_identity(replaced).certificate != identity.certificate
+
+
+def test_bad_identity_material_is_refused(tmp_path: Path) -> None:
+    authority = load_authority(make_authority(tmp_path / "a")[0])
+    other = load_authority(make_authority(tmp_path / "b")[0])
+    folder = make_device_identity(tmp_path, "d", authority)
+    stranger = make_device_identity(tmp_path / "s", "d", other)
+    (folder / CERTIFICATE_FILE).write_bytes((stranger / CERTIFICATE_FILE).read_bytes())  # cert of another authority
+    with pytest.raises(DeployError, match="identity.cert.*signature does not verify"):
+        check_identity(folder)
+    (folder / AUTHORITY_FILE).write_bytes(other.public_key)  # consistent with the cert, not with the key
+    with pytest.raises(DeployError, match="identity key does not match its certificate"):
+        check_identity(folder)
+    (folder / AUTHORITY_FILE).write_bytes(b"short")
+    with pytest.raises(DeployError, match="authority.pub: authority key must be 32 raw bytes"):
+        check_identity(folder)
+    with pytest.raises(DeployError, match="identity folder not found"):
+        check_identity(tmp_path / "missing")
+    (tmp_path / "p256.key").write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(DeployError, match="expected an Ed25519 enrolment authority key"):
+        load_authority(tmp_path / "p256.key")
+    with pytest.raises(DeployError, match="device name"):
+        make_device_identity(tmp_path, "../escape", authority)

@@ -2,7 +2,9 @@
 
 Everything goes through the operator's and the device's commands (``fedrec
 server ...``, ``fedrec device join``) and Flower's own programs; nothing is
-simulated. The end-to-end test runs three rounds of secure aggregation under
+simulated. Each device joins with the identity folder ``server keys`` enrolled
+(``--identity``), so its secure-aggregation certificate verifies under the
+state's one enrolment authority. The end-to-end test runs three rounds of secure aggregation under
 user-level DP, stops one device during round 2 (the round completes on the
 four survivors), kills the whole server side (SuperLink, SuperExec, ServerApp)
 with SIGKILL during round 3, restarts it on the same database and resumes
@@ -92,6 +94,9 @@ class Deployment:
         cmd = [sys.executable, "-m", "fedrec.cli", "device", "join", "--superlink", f"127.0.0.1:{self.port}",
                "--ca", str(ca or self.state / "tls" / "ca.pem"),
                "--key", str(key or self.state / "devices" / f"device-{i}.key"), "--partition-id", str(i)]
+        identity = self.state / "devices" / f"device-{i}.identity"
+        if key is None and identity.exists():  # enrolled by 'server keys': secure aggregation needs it
+            cmd += ["--identity", str(identity)]
         proc = start_detached(cmd, log=self.root / f"join-{i}.log", env=_env(), cwd=ROOT)
         self.joins[i] = proc.pid
         return proc.pid
@@ -120,7 +125,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         ok(*dep.server("tls", "--host", "127.0.0.1", "--host", "localhost", "--days", "2"))
         ok(*dep.server("start", "--port", str(dep.port)))
-        ok(*dep.server("keys", "--count", str(DEVICES)))
+        made = ok(*dep.server("keys", "--count", str(DEVICES)))
+        assert all(Path(d["identity"]).is_dir() for d in made["devices"].values())
         yield dep
     finally:
         dep.stop_all()

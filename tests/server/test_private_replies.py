@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.client.app import make_client_app, simulation_source
+from fedrec.client.app import make_client_app
+from fedrec.client.device import simulation_source
 from fedrec.server.app import catalogue_for
 from fedrec.server.loop import _send, run_server, wait_for_nodes
 from fedrec.server.records import config_record, global_record, train_content

@@ -6,7 +6,9 @@ sees exactly the stderr and exit code a person or script would.
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from fedrec.deploy.runspec import CONFIG_KEY, RESUME_KEY, RunRecord, envelope, f
 from fedrec.errors import ConfigError
 from fedrec.federated.server_state import ServerState
 from fedrec.runconfig import RunConfig, dump_toml
+from fedrec.secagg.crypto.identity import load_authority_key, load_identity
 from fedrec.store.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,9 +170,52 @@ def test_connection_is_isolated_unless_a_flower_home_is_asked_for(tmp_path: Path
 def test_keys_without_a_superlink_are_refused_before_any_key_is_made(tmp_path: Path) -> None:
     refused(fedrec("server", "--state", str(tmp_path), "keys", "--count", "2"), "no SuperLink started here")
     assert not (tmp_path / "devices").exists() and not (tmp_path / "keys").exists()
+    assert not (tmp_path / "authority").exists()
     done = fedrec("server", "--state", str(tmp_path), "keys", "--count", "2", "--no-register", "--json")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "devices").iterdir()) == [
-        "device-0.key", "device-0.pub", "device-1.key", "device-1.pub"]
+        "device-0.identity", "device-0.key", "device-0.pub", "device-1.identity", "device-1.key", "device-1.pub"]
     refused(fedrec("server", "--state", str(tmp_path), "keys", "--count", "2", "--no-register"),
             "device-0.key: already exists")
+
+
+def test_keys_write_identity_folders_certified_by_one_authority_kept_apart(tmp_path: Path) -> None:
+    done = fedrec("server", "--state", str(tmp_path), "keys", "--count", "2", "--no-register", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    authority = tmp_path / "authority"
+    anchor = load_authority_key(authority / "authority.pub")
+    assert out["authority_public_key"] == str(authority / "authority.pub")
+    assert stat.S_IMODE((authority / "authority.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(authority.stat().st_mode) == 0o700
+    assert not list((tmp_path / "keys").glob("authority*")) and not list((tmp_path / "tls").glob("authority*"))
+    subjects = set()
+    for name in ("device-0", "device-1"):
+        folder = tmp_path / "devices" / f"{name}.identity"
+        assert out["devices"][name]["identity"] == str(folder)
+        assert (folder / "authority.pub").read_bytes() == anchor
+        assert stat.S_IMODE((folder / "identity.pem").stat().st_mode) == 0o600
+        identity, folder_anchor = load_identity(folder / "identity.pem", folder / "identity.cert",
+                                                folder / "authority.pub")
+        assert folder_anchor == anchor
+        identity.certificate.verify(anchor)  # raises unless the authority issued it
+        subjects.add(identity.certificate.subject)
+    assert len(subjects) == 2  # peers refuse two nodes presenting one enrolment id
+    again = fedrec("server", "--state", str(tmp_path), "keys", "--device", "late", "--no-register", "--json")
+    assert again.returncode == 0, again.stderr
+    assert load_authority_key(authority / "authority.pub") == anchor  # made once, never replaced
+    late = tmp_path / "devices" / "late.identity"
+    load_identity(late / "identity.pem", late / "identity.cert", late / "authority.pub")[0].certificate.verify(anchor)
+
+
+def test_join_with_a_bad_identity_folder_is_refused(tmp_path: Path) -> None:
+    assert fedrec("device", "keygen", "d", "--dir", str(tmp_path)).returncode == 0
+    join = ("device", "join", "--superlink", "127.0.0.1:1", "--ca", str(tmp_path / "ca.pem"), "--key",
+            str(tmp_path / "d.key"), "--identity")
+    refused(fedrec(*join, str(tmp_path / "none")), "none: identity folder not found")
+    for state in ("a", "b"):
+        assert fedrec("server", "--state", str(tmp_path / state), "keys", "--device", "d",
+                      "--no-register").returncode == 0
+    mixed = tmp_path / "b" / "devices" / "d.identity"
+    (mixed / "authority.pub").write_bytes((tmp_path / "a" / "authority" / "authority.pub").read_bytes())
+    refused(fedrec(*join, str(mixed)), "identity.cert", "signature does not verify")
