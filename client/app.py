@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from .device import EvaluateHandler, SourceProvider, TrainHandler, device_source
-from .secagg import register_secagg
+from .secagg import register_secagg, simulation_identities
 from .secure_eval import register_secure_eval
 
 
@@ -26,8 +26,9 @@ def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] |
     app = ClientApp(mods=mods)
     app.train()(TrainHandler(source))
     app.evaluate()(EvaluateHandler(source))
-    register_secagg(app, source)
-    register_secure_eval(app, source)
+    identities = simulation_identities()  # one authority for both kinds of secure round
+    register_secagg(app, source, identities)
+    register_secure_eval(app, source, identities)
     return app
 
 

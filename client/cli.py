@@ -15,6 +15,13 @@ keys the SDK's ``Device.supernode_command`` uses); ``--partition-id N``
 selects a partition of the run's dataset instead (simulation data, for trying
 a deployment on one machine); ``--node-config`` passes anything else through.
 
+Secure aggregation: ``--identity DIR`` names the device's identity folder
+(``identity.pem``, ``identity.cert``, ``authority.pub``; ``fedrec server keys``
+makes ``devices/NAME.identity``). It is checked here (certificate under the
+folder's authority, key matching it) and passed as node config
+``secagg-identity``; a device joined without one takes part in plain rounds
+only and refuses every secure round.
+
 ``fedrec device keygen NAME`` makes the device's own key pair, whose public
 half the operator registers (``fedrec server keys --register FILE``), so the
 private key never leaves the device.
@@ -32,7 +39,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from fedrec.deploy.keys import check_device_key, make_device_key
+from fedrec import wire
+from fedrec.deploy.keys import check_device_key, check_identity, make_device_key
 from fedrec.deploy.procs import stop_tree
 from fedrec.deploy.tls import probe_tls
 from fedrec.errors import DeployError, FedRecError
@@ -62,6 +70,10 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         if args.store_key_file is None:
             raise DeployError("--store needs --store-key-file (the file holding the store's key)")
         node_config += [f'store="{args.store.resolve()}"', f'key-file="{args.store_key_file.resolve()}"']
+    if args.identity is not None:
+        if any(entry.strip().startswith(f"{wire.NODE_IDENTITY}=") for entry in args.node_config):
+            raise DeployError(f"--identity and --node-config {wire.NODE_IDENTITY}=...: give the identity once")
+        node_config.append(f'{wire.NODE_IDENTITY}="{args.identity.resolve()}"')
     exe = Path(sys.executable).parent / "flower-supernode"
     cmd = [str(exe) if exe.exists() else "flower-supernode", "--superlink", args.superlink,
            "--root-certificates", str(args.ca), "--auth-supernode-private-key", str(args.key),
@@ -76,6 +88,8 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
 def cmd_join(args: argparse.Namespace) -> int:
     host, port = _address(args.superlink)
     check_device_key(args.key)
+    if args.identity is not None:
+        check_identity(args.identity)
     probe_tls(host, port, ca_file=args.ca, timeout=args.connect_timeout)
     env = dict(os.environ)
     home = args.home or Path(args.key).resolve().parent / f"{Path(args.key).stem}.flwr"
@@ -128,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--partition-id", type=int, help="use partition N of the run's dataset as this device's data")
     join.add_argument("--store", type=Path, help="the device's encrypted store (SDK) holding its interactions")
     join.add_argument("--store-key-file", type=Path, help="file holding the store's key (readable by the app only)")
+    join.add_argument("--identity", type=Path, metavar="DIR",
+                      help="this device's secure-aggregation identity folder (devices/NAME.identity)")
     join.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
                       help="extra node configuration (repeatable)")
     join.add_argument("--home", type=Path, help="SuperNode working folder (default next to the key)")

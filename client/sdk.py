@@ -10,7 +10,8 @@ Ten lines of an app::
     for item, score in dev.recommend(k=10, deny=[1, 2]):
         print(item, score)
     dev.forget(50)                            # one item, gone from the file
-    proc = dev.join(superlink="fl.example.org:9092", key_file="user.key", root_certificates="ca.pem")
+    proc = dev.join(superlink="fl.example.org:9092", key_file="user.key", root_certificates="ca.pem",
+                    identity="device.identity")  # secure aggregation: the enrolled identity folder
     dev.wipe()                                # right to erasure
 
 Everything works without a server: :meth:`Device.open` creates the store,
@@ -35,13 +36,14 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedrec.deploy.keys import check_identity
 from fedrec.errors import ConfigError, ModelError, SignatureError
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.recommend.stream import FoldInConfig, user_factor
 from fedrec.recommend.topk import ANN_THRESHOLD, Recommendation, TopK
 from fedrec.store.artifact import ModelArtifact, load_public_key, verify_model
 from fedrec.store.device_store import DeviceStore, Interaction
-from fedrec.wire import NODE_KEY_FILE, NODE_STORE, STATE_PRIVACY
+from fedrec.wire import NODE_IDENTITY, NODE_KEY_FILE, NODE_STORE, STATE_PRIVACY
 
 log = logging.getLogger(__name__)
 
@@ -269,13 +271,16 @@ class Device:
     # ---------------------------------------------------------------- training
     def supernode_command(self, *, superlink: str, key_file: str | Path, root_certificates: str | Path | None = None,
                           insecure: bool = False, auth_key: str | Path | None = None,
-                          runtime_port: int | None = None) -> list[str]:
+                          runtime_port: int | None = None, identity: str | Path | None = None) -> list[str]:
         """The ``flower-supernode`` command line that trains this device's store.
 
         Exactly one of ``root_certificates`` (TLS, the deployment default) or
         ``insecure=True`` (local tests only). ``auth_key`` is the SuperNode's
         private key registered with ``flwr supernode register``. ``key_file``
         holds the store key (hex) and must be readable only by the app user.
+        ``identity`` is the device's secure-aggregation identity folder
+        (``identity.pem``, ``identity.cert``, ``authority.pub``), passed as node
+        config ``secagg-identity``; without it the device refuses secure rounds.
         """
         if (root_certificates is None) == (not insecure):
             raise ConfigError("join: give root_certificates=PATH (TLS) or insecure=True, exactly one")
@@ -286,20 +291,28 @@ class Device:
             cmd += ["--auth-supernode-private-key", str(auth_key)]
         if runtime_port is not None:
             cmd += ["--port", str(runtime_port)]
-        cmd += ["--node-config",
-                f'{NODE_STORE}="{Path(self.store.path).resolve()}" {NODE_KEY_FILE}="{Path(key_file).resolve()}"']
+        node_config = [f'{NODE_STORE}="{Path(self.store.path).resolve()}"',
+                       f'{NODE_KEY_FILE}="{Path(key_file).resolve()}"']
+        if identity is not None:
+            node_config.append(f'{NODE_IDENTITY}="{Path(identity).resolve()}"')
+        cmd += ["--node-config", " ".join(node_config)]
         return cmd
 
     def join(self, *, superlink: str, key_file: str | Path, root_certificates: str | Path | None = None,
              insecure: bool = False, auth_key: str | Path | None = None, runtime_port: int | None = None,
-             log_file: str | Path | None = None) -> subprocess.Popen[bytes]:
+             log_file: str | Path | None = None, identity: str | Path | None = None) -> subprocess.Popen[bytes]:
         """Start a Flower SuperNode for this device (a child process in its own process group).
 
         The caller stops it with ``os.killpg(proc.pid, signal.SIGTERM)``. The
         ClientApp in it opens the same store; SQLite serialises the two writers.
+        An ``identity`` folder is checked first (certificate under its
+        ``authority.pub``, key matching it; :class:`~fedrec.errors.DeployError`).
         """
+        if identity is not None:
+            check_identity(Path(identity))
         cmd = self.supernode_command(superlink=superlink, key_file=key_file, root_certificates=root_certificates,
-                                     insecure=insecure, auth_key=auth_key, runtime_port=runtime_port)
+                                     insecure=insecure, auth_key=auth_key, runtime_port=runtime_port,
+                                     identity=identity)
         out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
         log.info("device: starting %s", " ".join(cmd))
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -21,7 +21,12 @@ Each device takes part with its certified identity (:class:`IdentityProvider`):
 from the files named by the node config key ``secagg-identity`` (a folder
 holding ``identity.pem``, ``identity.cert`` and ``authority.pub``,
 :func:`fedrec.secagg.crypto.identity.load_identity`), else, in simulation,
-from the simulation's enrolment authority by ``partition-id``. The mask part
+from the simulation's enrolment authority by ``partition-id``. A device is
+simulated only when its node config holds both ``partition-id`` and
+``num-partitions`` (Flower's simulation engine sets both; ``fedrec device
+join --partition-id`` sets only the first): a deployed device without an
+identity refuses every secure round, because its authority would be a
+random one of its own flwr-clientapp process that no peer trusts. The mask part
 binds the digest of the table and round configuration the device received
 into its pairwise masks (:func:`downlink_digest`), so a table sent to some
 devices only makes the sum useless.
@@ -55,7 +60,7 @@ from fedrec.secagg.crypto.identity import (
 from .device import SourceProvider, train_device
 from .records import load_state, save_state
 
-NODE_IDENTITY = "secagg-identity"
+NODE_IDENTITY = wire.NODE_IDENTITY
 """Node config key: the folder of a deployed device's identity files."""
 
 
@@ -73,9 +78,13 @@ class IdentityProvider:
         folder = context.node_config.get(NODE_IDENTITY)
         if isinstance(folder, str) and folder:
             return _file_trust(folder)
-        pid = context.node_config.get("partition-id")
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise SecAggConfigError(f"no device identity: set node config {NODE_IDENTITY!r} to its folder")
+        pid = context.node_config.get(wire.NODE_PARTITION_ID)
+        simulated = wire.NODE_NUM_PARTITIONS in context.node_config
+        if not simulated or isinstance(pid, bool) or not isinstance(pid, int):
+            raise SecAggConfigError(
+                f"no device identity for secure aggregation: node config {NODE_IDENTITY!r} must name the "
+                "device's identity folder (identity.pem, identity.cert, authority.pub; 'fedrec server keys' "
+                "makes devices/NAME.identity, 'fedrec device join --identity DIR' passes it)")
         return DeviceTrust(self.authority.identity(pid), self.authority.public_key)
 
 
@@ -93,12 +102,17 @@ def _file_trust(folder: str) -> DeviceTrust:
 def register_secagg(app: ClientApp, source: SourceProvider, identities: IdentityProvider | None = None) -> None:
     """Register the secure-aggregation handler (message type ``train.secagg``) on ``app``.
 
-    ``identities`` defaults to a fresh simulation authority (deployed devices
-    name their identity folder in the node config instead).
+    ``identities`` defaults to a fresh simulation authority (used by simulated
+    devices only; deployed devices name their identity folder in the node config).
     """
     category, action = wire.MSG_SECAGG.split(".")
     assert category == "train"
-    app.train(action)(SecAggHandler(source, identities or IdentityProvider(SimulationAuthority.generate())))
+    app.train(action)(SecAggHandler(source, identities or simulation_identities()))
+
+
+def simulation_identities() -> IdentityProvider:
+    """An :class:`IdentityProvider` over a fresh simulation authority (one per ClientApp)."""
+    return IdentityProvider(SimulationAuthority.generate())
 
 
 @dataclass(frozen=True)

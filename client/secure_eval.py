@@ -32,17 +32,22 @@ from fedrec.secagg import handle_secagg_parts
 
 from .device import SourceProvider
 from .records import load_state, parse_downlink
-from .secagg import message_parts, part_records
+from .secagg import IdentityProvider, message_parts, part_records
 
 #: Key, in the evaluation protocol state, of the latest setup's (threshold, cohort size).
 _SETUP_SIZE = "fedrec.eval.setup"
 
 
-def register_secure_eval(app: ClientApp, source: SourceProvider) -> None:
-    """Register the secure evaluation handler (message type ``evaluate.secagg``) on ``app``."""
+def register_secure_eval(app: ClientApp, source: SourceProvider, identities: IdentityProvider) -> None:
+    """Register the secure evaluation handler (message type ``evaluate.secagg``) on ``app``.
+
+    ``identities`` is the training handler's: evaluation rounds authenticate
+    devices exactly as training rounds do (identity folder, or the simulation
+    authority for simulated devices only).
+    """
     category, action = wire.MSG_SECAGG_EVAL.split(".")
     assert category == "evaluate"
-    app.evaluate(action)(SecureEvalHandler(source))
+    app.evaluate(action)(SecureEvalHandler(source, identities))
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class SecureEvalHandler:
     """Answer every part of an ``evaluate.secagg`` message (a module-level class: cheap to pickle)."""
 
     source: SourceProvider
+    identities: IdentityProvider
 
     def __call__(self, msg: Message, context: Context) -> Message:
         parts = message_parts(msg)
@@ -60,7 +66,8 @@ class SecureEvalHandler:
             state[_SETUP_SIZE] = np.array(size, np.int64)
         segments = self._evaluator(msg, context, state) if wire.SECAGG_MASK in parts else None
         try:
-            answer = handle_secagg_parts(parts, state, node_id=context.node_id, segments=segments)
+            trust = self.identities(context)
+            answer = handle_secagg_parts(parts, state, node_id=context.node_id, trust=trust, segments=segments)
         finally:
             save_eval_state(context, state)
         content = RecordDict()

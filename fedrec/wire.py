@@ -73,6 +73,10 @@ STATE_RESTORED = "fedrec.restored"  # marks a simulated device whose persisted s
 # SuperNode node config of a deployed device (client SDK: Device.join)
 NODE_STORE = "store"  # path of the device's encrypted store
 NODE_KEY_FILE = "key-file"  # file holding the store key (hex), readable by the app user only
+NODE_IDENTITY = "secagg-identity"  # folder of the device's secure-aggregation identity (identity.pem, ...)
+# Set by Flower's simulation engine (never by 'fedrec device join'): together they mark a simulated device.
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
 
 # Array names.
 ARRAY_ITEM_FACTORS = "item_factors"

@@ -3,8 +3,9 @@
 Subcommands, in the order an operator uses them::
 
     tls      make a CA and a server certificate (SANs = --host names/addresses)
-    keys     make device authentication keys (P-384, OpenSSH) and register them;
-             make the Ed25519 model-signing key on first use
+    keys     make device authentication keys (P-384, OpenSSH) and register them, and
+             per device an identity folder certified by the enrolment authority;
+             make the Ed25519 model-signing key and the authority key on first use
     start    start flower-superlink: TLS, persistent database, node authentication
     run      submit a run (config file + --set overrides) with 'flwr run'
     follow   live view of a run (round, cohort, survivors, dropouts, metrics, epsilon)
@@ -14,7 +15,8 @@ Subcommands, in the order an operator uses them::
     stop     stop a run (NAME), or the SuperLink (no NAME)
 
 Everything lives under ``--state`` (default ``$FEDREC_STATE`` or ``./fedrec-state``):
-``tls/``, ``keys/``, ``devices/``, ``superlink/`` (pid, log, database), ``flwr/``
+``tls/``, ``keys/``, ``authority/`` (the enrolment authority: in production a
+separate party's, see :mod:`fedrec.deploy.keys`), ``devices/``, ``superlink/`` (pid, log, database), ``flwr/``
 (the Flower CLI's home: never ``~/.flwr``) and ``runs/<name>/``. Errors are one
 line on stderr with exit code 2; ``--json`` prints exactly one JSON object.
 """
@@ -34,10 +36,19 @@ from typing import Any
 
 from fedrec.data.spec import load_run_dataset
 from fedrec.deploy import runspec
-from fedrec.deploy.keys import load_signing_key, make_device_key, make_signing_key
+from fedrec.deploy.keys import (
+    AUTHORITY_KEY,
+    load_authority,
+    load_signing_key,
+    make_authority,
+    make_device_identity,
+    make_device_key,
+    make_signing_key,
+)
 from fedrec.deploy.tls import sans, write_tls
 from fedrec.errors import CheckpointError, DeployError, FedRecError
 from fedrec.runconfig import RunConfig, dump_toml, load_toml, parse_overrides
+from fedrec.secagg.crypto.identity import AUTHORITY_FILE
 from fedrec.store.artifact import sign_model, write_model
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import load_checkpoint
@@ -73,18 +84,28 @@ def cmd_keys(args: argparse.Namespace, state: State) -> int:
     if not signing.exists() or args.new_signing_key:
         # Replacing it means devices provisioned with signing.pub refuse every later export.
         make_signing_key(state.keys, force=args.new_signing_key)
+    authority_key = state.root / "authority" / AUTHORITY_KEY
+    if not authority_key.exists():
+        # Never replaced here: a new authority would orphan every identity already issued.
+        make_authority(authority_key.parent)
+    authority = load_authority(authority_key)
     made = [make_device_key(state.devices, n, force=args.force) for n in names]
+    identities = {n: make_device_identity(state.devices, n, authority, force=args.force) for n in names}
     publics = [k.public for k in made] + list(args.register)
     registered: dict[str, int] = {}
     if publics and not args.no_register:
         registered = flower.register_keys(state, publics)
         _save_registry(state, registered)
     _emit(args, {"signing_public_key": str(state.keys / "signing.pub"),
-                 "devices": {k.name: {"private": str(k.private), "public": str(k.public)} for k in made},
+                 "authority_public_key": str(authority_key.parent / AUTHORITY_FILE),
+                 "devices": {k.name: {"private": str(k.private), "public": str(k.public),
+                                      "identity": str(identities[k.name])} for k in made},
                  "registered": registered},
           "\n".join([f"model-signing key: {signing} (public half {state.keys / 'signing.pub'})",
-                     *(f"device {k.name}: {k.private} (give to the device), {k.public}" for k in made),
-                     *(f"registered {p} as SuperNode {n}" for p, n in registered.items())]))
+                      f"enrolment authority: {authority_key} (in production: a separate party's key)",
+                      *(f"device {k.name}: {k.private} and {identities[k.name]}/ (give both to the device), "
+                        f"{k.public}" for k in made),
+                      *(f"registered {p} as SuperNode {n}" for p, n in registered.items())]))
     return 0
 
 
@@ -297,7 +318,7 @@ def cmd_export(args: argparse.Namespace, state: State) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, State], int], str]] = {
     "tls": (cmd_tls, "make a CA and a server certificate"),
-    "keys": (cmd_keys, "make and register device keys (and the model-signing key)"),
+    "keys": (cmd_keys, "make and register device keys and identities (and the signing/authority keys)"),
     "start": (cmd_start, "start the SuperLink (TLS, database, node authentication)"),
     "run": (cmd_run, "submit a run from a config file"),
     "follow": (cmd_follow, "follow a run live"),
@@ -331,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     p["keys"].add_argument("--register", action="append", default=[], type=Path, metavar="PUB",
                            help="also register a public key a device made itself (OpenSSH, repeatable)")
     p["keys"].add_argument("--no-register", action="store_true", help="make keys only (SuperLink not running)")
-    p["keys"].add_argument("--force", action="store_true", help="replace existing device keys")
+    p["keys"].add_argument("--force", action="store_true", help="replace existing device keys and identities")
     p["keys"].add_argument("--new-signing-key", action="store_true",
                            help="replace the model-signing key (devices must be given the new signing.pub)")
     p["start"].add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -41,7 +41,9 @@ RUN = ["--set", "synthetic.n-users=5", "--set", "synthetic.n-items=20", "--set",
        "--set", "model.dim=4", "--set", "rounds=3", "--set", "eval-every=3", "--set", "local.steps=1",
        "--set", "secagg.enabled=true", "--set", "min-clients=4", "--set", "round-timeout=240",
        "--set", "secagg.timeout=240", "--set", "dp.unit=user", "--set", "dp.noise-multiplier=1.0",
-       "--set", "dp.cohort-rate=1.0", "--set", "dp.delta=0.01", "--set", "dp.clip=0.5"]
+       "--set", "dp.cohort-rate=1.0", "--set", "dp.delta=0.01", "--set", "dp.clip=0.5",
+       # four survivors evaluate in round 3: a secure evaluation cohort of 4 needs a minimum below 4
+       "--set", "secagg.eval-min-cohort=3"]
 
 
 def _env() -> dict[str, str]:
