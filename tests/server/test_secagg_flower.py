@@ -348,8 +348,8 @@ def _assert_masked_hides(reply: Message, logs: Path) -> bytes:
     return masked.tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: since the authenticated protocol, round 1 of this fault schedule aborts "
-                   "(too few surviving holders of one device's seed shares, t=4); not yet diagnosed")
+@pytest.mark.xfail(strict=True, reason="open defect: since the authenticated protocol, round 1 of this fault "
+                   "schedule aborts (too few surviving holders of one device's seed shares, t=4); not yet diagnosed")
 def test_dropouts_at_every_stage_and_an_aborted_round() -> None:
     """Four-trip rounds. Round 1: one device refuses each stage, the round completes; round 2: too many
     fail at the mask stage, the round aborts and the table stays as it was; round 3 runs normally."""
@@ -387,8 +387,8 @@ def _assert_tables(rec: WireGrid, history: list[dict[str, Any]], *, moved: tuple
     assert "rmse" in history[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: since the authenticated protocol, round 1 of this fault schedule aborts "
-                   "(too few surviving holders of one device's seed shares, t=4); not yet diagnosed")
+@pytest.mark.xfail(strict=True, reason="open defect: since the authenticated protocol, round 1 of this fault "
+                   "schedule aborts (too few surviving holders of one device's seed shares, t=4); not yet diagnosed")
 def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCaptureFixture) -> None:
     """Pipelined rounds with a fault in every part of both rounds.
 
