@@ -48,7 +48,14 @@ from flwr.clientapp import ClientApp
 
 from fedrec import wire
 from fedrec.errors import SecAggConfigError
-from fedrec.secagg import DeviceTrust, SecAggMessageError, flatten_update, handle_secagg_parts, model_digest
+from fedrec.secagg import (
+    DeviceTrust,
+    PartReplies,
+    SecAggMessageError,
+    flatten_update,
+    handle_secagg_parts,
+    model_digest,
+)
 from fedrec.secagg.crypto.identity import (
     AUTHORITY_FILE,
     CERTIFICATE_FILE,
@@ -139,12 +146,7 @@ class SecAggHandler:
                                          **({} if digest is None else {"model_digest": digest}))
         finally:
             save_state(context, state)
-        content = RecordDict()
-        for stage, reply in answer.replies.items():
-            for name, record in part_records(stage, reply).items():
-                content[name] = record
-        for stage, reason in answer.errors.items():
-            content[wire.secagg_error_record(stage)] = ConfigRecord({wire.SECAGG_REASON: reason})
+        content = answer_content(answer)
         if metrics and wire.SECAGG_MASK in answer.replies:
             content[wire.RECORD_METRICS] = MetricRecord(metrics)
         return Message(content, reply_to=msg)
@@ -169,6 +171,17 @@ def downlink_digest(records: Mapping[str, Any]) -> bytes:
     arrays = {k: v.numpy() for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
     values = dict(config.items()) if isinstance(config, ConfigRecord) else {}
     return model_digest(arrays, values)
+
+
+def answer_content(answer: PartReplies) -> RecordDict:
+    """The reply records of a device's answer: one record set per accepted part, an error record per refused one."""
+    content = RecordDict()
+    for stage, reply in answer.replies.items():
+        for name, record in part_records(stage, reply).items():
+            content[name] = record
+    for stage, reason in answer.errors.items():
+        content[wire.secagg_error_record(stage)] = ConfigRecord({wire.SECAGG_REASON: reason})
+    return content
 
 
 def message_parts(msg: Message) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedrec import wire
@@ -32,7 +32,7 @@ from fedrec.secagg import handle_secagg_parts
 
 from .device import SourceProvider
 from .records import load_state, parse_downlink
-from .secagg import IdentityProvider, message_parts, part_records
+from .secagg import IdentityProvider, answer_content, message_parts
 
 #: Key, in the evaluation protocol state, of the latest setup's (threshold, cohort size).
 _SETUP_SIZE = "fedrec.eval.setup"
@@ -70,13 +70,7 @@ class SecureEvalHandler:
             answer = handle_secagg_parts(parts, state, node_id=context.node_id, trust=trust, segments=segments)
         finally:
             save_eval_state(context, state)
-        content = RecordDict()
-        for stage, reply in answer.replies.items():
-            for name, record in part_records(stage, reply).items():
-                content[name] = record
-        for stage, reason in answer.errors.items():
-            content[wire.secagg_error_record(stage)] = ConfigRecord({wire.SECAGG_REASON: reason})
-        return Message(content, reply_to=msg)
+        return Message(answer_content(answer), reply_to=msg)
 
     def _evaluator(self, msg: Message, context: Context,
                    state: dict[str, np.ndarray]) -> Callable[[], dict[str, np.ndarray]]:

@@ -22,6 +22,7 @@ from fedrec.server.secure_eval import secure_evaluate
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from testkit import RecordingGrid
 
 from fedrec import wire
 from fedrec.data.spec import load_run_dataset
@@ -40,20 +41,6 @@ DP = {"rating": {"dp.unit": "rating", "dp.epsilon": 8.0},
       "user": {"dp.unit": "user", "dp.epsilon": 50.0, "dp.cohort-rate": 0.9}}
 
 
-class RecordingGrid:
-    """The server's Grid, keeping every reply (what actually crossed the wire)."""
-
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
-        self.replies: list[Message] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.grid, name)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.replies.extend(replies)
-        return replies
 
 
 def _run(cfg: RunConfig) -> dict[str, Any]:
