@@ -106,12 +106,17 @@ def make_signing_key(folder: Path, *, force: bool = False) -> tuple[Path, Path]:
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """The model-signing key; anything but an Ed25519 private key is refused."""
+    return _load_ed25519(path, what="model-signing key", expected="an Ed25519 signing key")
+
+
+def _load_ed25519(path: Path, *, what: str, expected: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM file; the error names the file and what it holds instead."""
     try:
-        key = serialization.load_pem_private_key(read_file(path, what="model-signing key"), password=None)
+        key = serialization.load_pem_private_key(read_file(path, what=what), password=None)
     except ValueError as exc:
         raise DeployError(f"{path}: not a PEM private key: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise DeployError(f"{path}: a {type(key).__name__}, expected an Ed25519 signing key")
+        raise DeployError(f"{path}: a {type(key).__name__}, expected {expected}")
     return key
 
 
@@ -139,13 +144,8 @@ def make_authority(folder: Path, *, force: bool = False) -> tuple[Path, Path]:
 
 def load_authority(path: Path) -> Authority:
     """The enrolment authority from its private key file; anything but an Ed25519 key is refused."""
-    try:
-        key = serialization.load_pem_private_key(read_file(path, what="enrolment authority key"), password=None)
-    except ValueError as exc:
-        raise DeployError(f"{path}: not a PEM private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise DeployError(f"{path}: a {type(key).__name__}, expected an Ed25519 enrolment authority key")
-    return Authority(key)
+    return Authority(_load_ed25519(path, what="enrolment authority key",
+                                   expected="an Ed25519 enrolment authority key"))
 
 
 def identity_dir(folder: Path, name: str) -> Path:
