@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.options import DATA_DEFAULTS, data_options
-from fedrec.data.spec import DataSpec
-from fedrec.data.synthetic import SyntheticConfig
+from fedrec import flatconfig as fc
+from fedrec.data.options import DATA_DEFAULTS
+from fedrec.data.spec import DataSpec, synthetic_key_known
 from fedrec.errors import ConfigError
 from fedrec.federated.plan import (
     BATCH_SIZE_KEY,
@@ -51,8 +51,6 @@ Scalar = bool | int | float | str
 OPTIONAL_KEYS = ("dp.epsilon", "dp.noise-multiplier", "dp.local-epochs", "dp.batch-size", "dp.min-survivors",
                  "dp.rating-rate")
 
-SYNTHETIC_PREFIX = "synthetic."
-
 PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
     "E1": {},
     # chosen on validation (python -m simulations.tune_r1; README "How the defaults were chosen")
@@ -64,8 +62,6 @@ PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
 
 # With differential privacy on, devices send no per-item counts, so the server averages per device.
 DP_PRESET: dict[str, Scalar] = {"strategy.averaging": "fedavg"}
-
-DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small", "csv")
 
 
 @dataclass(frozen=True)
@@ -82,6 +78,23 @@ class SecAggSpec:
     """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
     eval_min_cohort: int = 5
     """Fewest devices whose evaluation sums the server may unmask together (the evaluation round's threshold)."""
+
+    @classmethod
+    def from_run_config(cls, flat: Mapping[str, Any]) -> SecAggSpec:
+        """The ``secagg.*`` keys of a resolved flat configuration."""
+        threshold = fc.positive(flat, "secagg.threshold")
+        if threshold > 1 and not threshold.is_integer():
+            raise ConfigError(f"secagg.threshold: a fraction in (0, 1] or a whole number of devices >= 2, "
+                              f"got {threshold}")
+        neighbours = str(flat["secagg.neighbours"])
+        if neighbours not in ("all", "auto") and not (neighbours.isdigit() and int(neighbours) >= 2):
+            raise ConfigError(f"secagg.neighbours: 'all', 'auto' or an integer >= 2, got {neighbours!r}")
+        bits = fc.get(flat, "secagg.bits", int)
+        if bits not in (32, 64):
+            raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
+        return cls(fc.get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
+                   fc.positive(flat, "secagg.clip"), fc.positive(flat, "secagg.timeout"),
+                   fc.get(flat, "secagg.pipeline", bool), fc.integer(flat, "secagg.eval-min-cohort", low=2))
 
 
 @dataclass(frozen=True)
@@ -105,13 +118,14 @@ class RunConfig:
 
     @classmethod
     def from_flat(cls, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-        """Resolve defaults, protocol presets and overrides; validate everything."""
+        """Resolve defaults, protocol presets and overrides; each section builds itself; cross-check them."""
         flat = resolve(overrides or {})
         check_finite(flat)
-        cfg = cls(flat=flat, data=_data(flat), model=_model(flat), fed=_fed(flat), dp=_dp(flat),
-                  secagg=_secagg(flat), round_timeout=_positive(flat, "round-timeout"),
-                  min_clients=_int(flat, "min-clients", low=1), run_dir=_get(flat, "run-dir", str),
-                  downlink=_downlink(flat))
+        cfg = cls(flat=flat, data=DataSpec.from_run_config(flat), model=MFConfig.from_run_config(flat),
+                  fed=FedConfig.from_run_config(flat), dp=_dp(flat), secagg=SecAggSpec.from_run_config(flat),
+                  round_timeout=fc.positive(flat, "round-timeout"),
+                  min_clients=fc.integer(flat, "min-clients", low=1), run_dir=fc.get(flat, "run-dir", str),
+                  downlink=fc.choice(flat, "downlink.dtype", DOWNLINK_DTYPES))
         _check_privacy(cfg)
         _check_wrmf(cfg)
         return cfg
@@ -191,7 +205,7 @@ def min_survivors(cfg: RunConfig, population: int) -> int | None:
         return None
     given = cfg.flat.get(MIN_SURVIVORS_KEY)
     if given is not None:
-        return int(_get(cfg.flat, MIN_SURVIVORS_KEY, int))
+        return int(fc.get(cfg.flat, MIN_SURVIVORS_KEY, int))
     if cfg.secagg.enabled:
         return int(cfg.secagg.threshold)
     return max(1, math.floor(cfg.dp.cohort_rate * population))
@@ -364,115 +378,16 @@ def _flatten(table: Mapping[str, Any], prefix: str, where: str) -> dict[str, Sca
 def _check_known(key: str) -> None:
     if key in DEFAULTS or key in OPTIONAL_KEYS:
         return
-    if key.startswith(SYNTHETIC_PREFIX):
-        name = key[len(SYNTHETIC_PREFIX):].replace("-", "_")
-        if name in {f.name for f in fields(SyntheticConfig)}:
-            return
+    if synthetic_key_known(key):
+        return
     close = difflib.get_close_matches(key, [*DEFAULTS, *OPTIONAL_KEYS], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"{key}: unknown configuration key{hint}")
 
 
-def _get(flat: Mapping[str, Scalar], key: str, kind: type) -> Any:
-    value = flat[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
-def _int(flat: Mapping[str, Scalar], key: str, *, low: int) -> int:
-    value = _get(flat, key, int)
-    if value < low:
-        raise ConfigError(f"{key}: must be >= {low}, got {value}")
-    return int(value)
-
-
-def _positive(flat: Mapping[str, Scalar], key: str) -> float:
-    value = _get(flat, key, float)
-    if not value > 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
-    return float(value)
-
-
-def _data(flat: Mapping[str, Scalar]) -> DataSpec:
-    dataset = _get(flat, "dataset", str)
-    if dataset not in DATASETS:
-        raise ConfigError(f"dataset: {dataset!r} is not one of {DATASETS}")
-    synthetic: dict[str, Any] = {k[len(SYNTHETIC_PREFIX):].replace("-", "_"): v for k, v in flat.items()
-                 if k.startswith(SYNTHETIC_PREFIX)}
-    if flat["protocol"] == "R1":
-        synthetic.setdefault("implicit", True)
-    try:
-        syn = SyntheticConfig(**synthetic)
-    except TypeError as exc:
-        raise ConfigError(f"synthetic.*: {exc}") from exc
-    csv_options, split = data_options(flat)
-    return DataSpec(dataset, _get(flat, "data-dir", str), _get(flat, "protocol", str), _int(flat, "fold", low=1),
-                    _int(flat, "users-per-client", low=1), syn, csv_options, split)
-
-
-def _model(flat: Mapping[str, Scalar]) -> MFConfig:
-    return MFConfig(kind="explicit" if flat["protocol"] == "E1" else "implicit",
-                    dim=_int(flat, "model.dim", low=1), reg=_get(flat, "model.reg", float),
-                    bias_reg=_get(flat, "model.bias-reg", float), init_std=_get(flat, "model.init-std", float),
-                    negatives=_int(flat, "model.negatives", low=1), loss=_get(flat, "model.loss", str),
-                    neg_weight=_get(flat, "model.neg-weight", float),
-                    recency_boost=_get(flat, "model.recency-boost", float),
-                    recency_scale=_get(flat, "model.recency-scale", float),
-                    confidence=_get(flat, "model.confidence", float))
-
-
-def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
-    local = LocalConfig(steps=_int(flat, "local.steps", low=1), lr=_get(flat, "local.lr", float),
-                        user_lr=_get(flat, "local.user-lr", float), fold_in=_get(flat, "local.fold-in", bool))
-    server = ServerOptConfig(name=_get(flat, "strategy.optimizer", str), lr=_get(flat, "strategy.server-lr", float),
-                             beta1=_get(flat, "strategy.beta1", float), beta2=_get(flat, "strategy.beta2", float),
-                             eps=_get(flat, "strategy.eps", float))
-    return FedConfig(rounds=_int(flat, "rounds", low=1), cohort=_positive(flat, "cohort"), local=local, server=server,
-                     averaging=_get(flat, "strategy.averaging", str), eval_every=_int(flat, "eval-every", low=1),
-                     seed=_int(flat, "seed", low=0), eval_cohort=_eval_cohort(flat))
-
-
-def _eval_cohort(flat: Mapping[str, Scalar]) -> float:
-    """``eval-cohort``: ``all`` (= 1.0, every device), a fraction in (0, 1] or a device count."""
-    value = flat["eval-cohort"]
-    if value == "all":
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"eval-cohort: 'all', a fraction in (0, 1] or a device count, got {value!r}")
-    return float(value)
-
-
-def _downlink(flat: Mapping[str, Scalar]) -> str:
-    value = _get(flat, "downlink.dtype", str)
-    if value not in DOWNLINK_DTYPES:
-        raise ConfigError(f"downlink.dtype: {value!r} is not one of {DOWNLINK_DTYPES}")
-    return str(value)
-
-
 def _dp(flat: Mapping[str, Scalar]) -> DPConfig:
     keys = {k: v for k, v in flat.items() if k.startswith("dp.") and k not in PLAN_KEYS}
     return DPConfig.from_run_config(keys)
-
-
-def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
-    threshold = _positive(flat, "secagg.threshold")
-    if threshold > 1 and not threshold.is_integer():
-        raise ConfigError(f"secagg.threshold: a fraction in (0, 1] or a whole number of devices >= 2, "
-                          f"got {threshold}")
-    neighbours = str(flat["secagg.neighbours"])
-    if neighbours not in ("all", "auto") and not (neighbours.isdigit() and int(neighbours) >= 2):
-        raise ConfigError(f"secagg.neighbours: 'all', 'auto' or an integer >= 2, got {neighbours!r}")
-    bits = _get(flat, "secagg.bits", int)
-    if bits not in (32, 64):
-        raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
-    return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
-                      _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"),
-                      _get(flat, "secagg.pipeline", bool), _int(flat, "secagg.eval-min-cohort", low=2))
 
 
 def _opt_float(flat: Mapping[str, Any], key: str) -> float | None:

@@ -149,3 +149,27 @@ def test_downlink_precision_round_trips_within_its_resolution() -> None:
         1.0, -2.5, 0.0]  # exactly representable values survive
     with pytest.raises(ConfigError, match="downlink.dtype"):
         RunConfig.from_flat({"downlink.dtype": "int8"})
+
+
+def test_each_section_builds_itself_from_the_flat_keys() -> None:
+    """``RunConfig.from_flat`` is an assembly: each section's ``from_run_config`` reads its own keys."""
+    from fedrec.data.spec import DataSpec
+    from fedrec.federated.server_state import FedConfig
+    from fedrec.model.mf import MFConfig
+    from fedrec.runconfig import SecAggSpec, resolve
+    from fedrec.train.aggregate import ServerOptConfig
+    from fedrec.train.local import LocalConfig
+
+    flat = resolve({"protocol": "R1", "secagg.bits": 64, "fold": 3, "local.steps": 4})
+    cfg = RunConfig.from_flat(flat)
+    assert DataSpec.from_run_config(flat) == cfg.data and cfg.data.fold == 3
+    assert MFConfig.from_run_config(flat) == cfg.model and cfg.model.kind == "implicit"
+    assert FedConfig.from_run_config(flat) == cfg.fed
+    assert LocalConfig.from_run_config(flat) == cfg.fed.local == LocalConfig(steps=4, lr=0.6, user_lr=1.0,
+                                                                             fold_in=False)
+    assert ServerOptConfig.from_run_config(flat) == cfg.fed.server
+    assert SecAggSpec.from_run_config(flat) == cfg.secagg and cfg.secagg.bits == 64
+    for section, key in ((MFConfig, "model.dim"), (LocalConfig, "local.steps"), (ServerOptConfig, "strategy.eps"),
+                         (FedConfig, "rounds"), (SecAggSpec, "secagg.timeout"), (DataSpec, "fold")):
+        with pytest.raises(ConfigError, match=f"^{key}: expected"):
+            section.from_run_config({**flat, key: "x"})  # type: ignore[attr-defined]

@@ -10,13 +10,16 @@ rows through its :class:`~fedrec.data.partition.InteractionSource` only.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedrec import flatconfig as fc
 from fedrec.data.interactions import Dataset
-from fedrec.data.options import CsvOptions, SplitSpec
+from fedrec.data.options import CsvOptions, SplitSpec, data_options
 from fedrec.data.synthetic import SyntheticConfig
+from fedrec.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedrec.data.mapped import MappedDataset
@@ -36,6 +39,38 @@ class DataSpec:
     """How ``dataset = "csv"`` is read (``csv.*`` keys)."""
     split: SplitSpec = SplitSpec()
     """How train and test are made (``split`` and ``split.*`` keys)."""
+
+    @classmethod
+    def from_run_config(cls, flat: Mapping[str, Any]) -> DataSpec:
+        """The data keys of a resolved flat configuration: dataset, fold, ``synthetic.*``, ``csv.*``, ``split*``.
+
+        R1's synthetic data is implicit feedback unless ``synthetic.implicit`` says otherwise.
+        """
+        dataset = fc.choice(flat, "dataset", DATASETS)
+        synthetic: dict[str, Any] = {k[len(SYNTHETIC_PREFIX):].replace("-", "_"): v for k, v in flat.items()
+                                     if k.startswith(SYNTHETIC_PREFIX)}
+        if flat["protocol"] == "R1":
+            synthetic.setdefault("implicit", True)
+        try:
+            syn = SyntheticConfig(**synthetic)
+        except TypeError as exc:
+            raise ConfigError(f"synthetic.*: {exc}") from exc
+        csv_options, split = data_options(flat)
+        return cls(dataset, fc.get(flat, "data-dir", str), fc.get(flat, "protocol", str),
+                   fc.integer(flat, "fold", low=1), fc.integer(flat, "users-per-client", low=1), syn, csv_options,
+                   split)
+
+
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small", "csv")
+SYNTHETIC_PREFIX = "synthetic."
+"""Prefix of the open key family that sets :class:`~fedrec.data.synthetic.SyntheticConfig` fields."""
+
+
+def synthetic_key_known(key: str) -> bool:
+    """Whether ``key`` is ``synthetic.<field>`` of a :class:`~fedrec.data.synthetic.SyntheticConfig` field."""
+    if not key.startswith(SYNTHETIC_PREFIX):
+        return False
+    return key[len(SYNTHETIC_PREFIX):].replace("-", "_") in {f.name for f in fields(SyntheticConfig)}
 
 
 _DATASET_CACHE: dict[tuple[Any, ...], Dataset] = {}

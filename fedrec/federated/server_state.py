@@ -8,11 +8,13 @@ The Flower ServerApp (``server/loop.py``) and the in-process reference loop
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from fedrec import flatconfig as fc
 from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams
@@ -70,6 +72,14 @@ class FedConfig:
         if self.eval_cohort <= 0:
             raise ConfigError(f"eval-cohort: must be > 0 or 'all', got {self.eval_cohort}")
 
+    @classmethod
+    def from_run_config(cls, flat: Mapping[str, Any]) -> FedConfig:
+        """The round keys of a resolved flat configuration, with its ``local.*`` and server-optimizer sections."""
+        return cls(rounds=fc.integer(flat, "rounds", low=1), cohort=fc.positive(flat, "cohort"),
+                   local=LocalConfig.from_run_config(flat), server=ServerOptConfig.from_run_config(flat),
+                   averaging=fc.get(flat, "strategy.averaging", str), eval_every=fc.integer(flat, "eval-every", low=1),
+                   seed=fc.integer(flat, "seed", low=0), eval_cohort=_eval_cohort(flat["eval-cohort"]))
+
     def cohort_size(self, population: int) -> int:
         """Devices per round for a population; ``ConfigError`` if larger than it."""
         size = round(self.cohort * population) if self.cohort <= 1 else int(self.cohort)
@@ -82,6 +92,15 @@ class FedConfig:
         """Devices per evaluation: ``eval_cohort`` of the population, at most all of it."""
         size = round(self.eval_cohort * population) if self.eval_cohort <= 1 else int(self.eval_cohort)
         return min(max(size, 1), population)
+
+
+def _eval_cohort(value: Any) -> float:
+    """``eval-cohort``: ``all`` (= 1.0, every device), a fraction in (0, 1] or a device count."""
+    if value == "all":
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"eval-cohort: 'all', a fraction in (0, 1] or a device count, got {value!r}")
+    return float(value)
 
 
 EVAL_STREAM = 2**62 + 7

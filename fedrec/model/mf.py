@@ -8,11 +8,13 @@ for explicit data, 0 for implicit).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from fedrec import flatconfig as fc
 from fedrec.errors import ConfigError, ModelError
 from fedrec.model.params import GlobalParams, LocalParams, UserTable
 
@@ -97,6 +99,18 @@ class MFConfig:
             raise ConfigError(f"model.confidence: must be >= 0, got {self.confidence}")
         if not self.recency_scale > 0:
             raise ConfigError(f"model.recency-scale: must be > 0, got {self.recency_scale}")
+
+    @classmethod
+    def from_run_config(cls, flat: Mapping[str, Any]) -> MFConfig:
+        """The ``model.*`` keys of a resolved flat configuration; the protocol sets the kind (E1 ratings, R1 clicks)."""
+        return cls(kind="explicit" if flat["protocol"] == "E1" else "implicit",
+                   dim=fc.integer(flat, "model.dim", low=1), reg=fc.get(flat, "model.reg", float),
+                   bias_reg=fc.get(flat, "model.bias-reg", float), init_std=fc.get(flat, "model.init-std", float),
+                   negatives=fc.integer(flat, "model.negatives", low=1), loss=fc.get(flat, "model.loss", str),
+                   neg_weight=fc.get(flat, "model.neg-weight", float),
+                   recency_boost=fc.get(flat, "model.recency-boost", float),
+                   recency_scale=fc.get(flat, "model.recency-scale", float),
+                   confidence=fc.get(flat, "model.confidence", float))
 
 
 def recency_weights(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, cfg: MFConfig) -> np.ndarray:

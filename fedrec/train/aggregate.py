@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from fedrec import flatconfig as fc
 from fedrec.errors import ConfigError
 from fedrec.model.params import GlobalParams
 from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM, WRMF_SEGMENTS
@@ -107,6 +108,13 @@ class ServerOptConfig:
                 raise ConfigError(f"{key}: must be in [0, 1), got {beta}")
         if self.eps <= 0:
             raise ConfigError(f"strategy.eps: must be > 0, got {self.eps}")
+
+    @classmethod
+    def from_run_config(cls, flat: Mapping[str, Any]) -> ServerOptConfig:
+        """The server optimizer's ``strategy.*`` keys of a resolved flat configuration."""
+        return cls(name=fc.get(flat, "strategy.optimizer", str), lr=fc.get(flat, "strategy.server-lr", float),
+                   beta1=fc.get(flat, "strategy.beta1", float), beta2=fc.get(flat, "strategy.beta2", float),
+                   eps=fc.get(flat, "strategy.eps", float))
 
 
 @dataclass

@@ -18,10 +18,13 @@ factor and those rows.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from fedrec import flatconfig as fc
 from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig, recency_weights
 from fedrec.model.params import GlobalParams, LocalParams
@@ -57,6 +60,12 @@ class LocalConfig:
             raise ConfigError(f"local.lr: must be > 0, got {self.lr}")
         if self.user_lr < 0:
             raise ConfigError(f"local.user-lr: must be >= 0, got {self.user_lr}")
+
+    @classmethod
+    def from_run_config(cls, flat: Mapping[str, Any]) -> LocalConfig:
+        """The ``local.*`` keys of a resolved flat configuration."""
+        return cls(steps=fc.integer(flat, "local.steps", low=1), lr=fc.get(flat, "local.lr", float),
+                   user_lr=fc.get(flat, "local.user-lr", float), fold_in=fc.get(flat, "local.fold-in", bool))
 
 
 @dataclass(frozen=True)
