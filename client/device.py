@@ -59,7 +59,7 @@ class TrainHandler:
         self.source = source
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        refuse_plain_under_secagg(msg)
+        refuse_plain_under_secagg(msg, context)
         state = load_state(context)
         out = train_device(msg, context, state, self.source)
         save_state(context, state)
@@ -73,7 +73,7 @@ class EvaluateHandler:
         self.source = source
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        down = refuse_plain_under_secagg(msg)
+        down = refuse_plain_under_secagg(msg, context)
         cfg = down.cfg
         sums = device_evaluate(self.source(context, cfg), load_state(context), down.glob, model=cfg.model,
                                local=cfg.fed.local, scale=down.rating_scale, seed=cfg.fed.seed,
@@ -81,7 +81,7 @@ class EvaluateHandler:
         return Message(metrics_content(sums.flat()), reply_to=msg)
 
 
-def refuse_plain_under_secagg(msg: Message) -> Downlink:
+def refuse_plain_under_secagg(msg: Message, context: Context) -> Downlink:
     """The downlink, unless the run aggregates securely: then a plain reply would leave the device in the clear.
 
     Raises
@@ -89,7 +89,7 @@ def refuse_plain_under_secagg(msg: Message) -> Downlink:
     SecAggError
         ``secagg.enabled`` is on (Flower turns it into an error reply, which carries nothing).
     """
-    down = parse_downlink(msg)
+    down = parse_downlink(msg, context)
     if down.cfg.secagg.enabled:
         raise SecAggError(f"{msg.metadata.message_type}: refused, this run aggregates securely (secagg.enabled); "
                           "training and evaluation answer only through the secure sum")
@@ -98,7 +98,7 @@ def refuse_plain_under_secagg(msg: Message) -> Downlink:
 
 def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider) -> DeviceRound:
     """Train the device's users on the downlink table; the plain and the secure train paths both call this."""
-    down = parse_downlink(msg)
+    down = parse_downlink(msg, context)
     cfg = down.cfg
     return device_train(source(context, cfg), state, down.glob, model=cfg.model, local=cfg.fed.local,
                         seed=cfg.fed.seed, round_=down.round, privacy=cfg.privacy_plan(),

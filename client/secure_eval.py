@@ -77,7 +77,7 @@ class SecureEvalHandler:
         """``segments()`` for the mask part: the device's metric sums on the downlink table, as the eval layout."""
 
         def segments() -> dict[str, np.ndarray]:
-            down = parse_downlink(msg)
+            down = parse_downlink(msg, context)
             cfg = down.cfg
             threshold, cohort = (int(v) for v in state.get(_SETUP_SIZE, np.zeros(2, np.int64)))
             minimum = cfg.secagg.eval_min_cohort

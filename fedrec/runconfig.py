@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib.util
 import json
 import logging
@@ -19,6 +20,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +152,23 @@ class RunConfig:
         if t_min is None or self.flat.get(MIN_SURVIVORS_KEY) is not None:
             return self
         log.info("distributed noise: t_min = %d devices per round", t_min)
+        return self.with_min_survivors(t_min)
+
+    def with_min_survivors(self, t_min: int) -> RunConfig:
+        """This configuration with ``dp.min-survivors = t_min`` (what a device applies from the downlink)."""
+        if self.flat.get(MIN_SURVIVORS_KEY) == t_min:
+            return self
         return RunConfig.from_flat({**self.flat, MIN_SURVIVORS_KEY: t_min})
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the resolved flat configuration (sorted JSON): equal on two sides that agree on every key.
+
+        The server sends it in each downlink; a device whose own configuration
+        (from ``Context.run_config``) has another digest refuses the message.
+        """
+        text = json.dumps(dict(self.flat), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _field(cls: type[Any], name: str) -> Any:

@@ -9,9 +9,12 @@ Downlink (server -> device), every device receives the same full table:
     ``RECORD_GLOBAL``  arrays ``item_factors`` (n_items x d), ``item_bias`` (n_items), in
                        ``float32``, ``float16`` or bfloat16 carried as ``uint16``
                        (``downlink.dtype``; :func:`encode_downlink`)
-    ``RECORD_CONFIG``  ``round``, ``global-mean`` and the round's settings; an evaluation
-                       downlink of rating data adds the public rating scale
-                       (``rating-min``, ``rating-max``), so no device loads data to learn it
+    ``RECORD_CONFIG``  the round's facts only: ``round``, ``global-mean``, ``run-digest`` (of the
+                       run configuration) and, once the server has resolved it from the
+                       population, ``min-survivors``; an evaluation downlink of rating data
+                       adds the public rating scale (``rating-min``, ``rating-max``), so no
+                       device loads data to learn it. The run configuration itself reaches
+                       devices through Flower's ``Context.run_config``, once per run, not here
 Uplink (device -> server), plain aggregation:
     ``RECORD_UPDATE``  dense ``item_factors``, ``item_bias``, ``counts`` deltas
     ``RECORD_METRICS`` ``ok`` only (no epsilon, no budget flag: rating-level
@@ -95,7 +98,8 @@ CFG_ROUND = "round"
 CFG_GLOBAL_MEAN = "global-mean"
 CFG_RATING_MIN = "rating-min"  # evaluation downlinks of rating data: the public rating scale
 CFG_RATING_MAX = "rating-max"
-CFG_RUN = "run."  # prefix: the flat run configuration, forwarded to devices
+CFG_RUN_DIGEST = "run-digest"  # RunConfig.digest of the server's configuration: a device refuses another
+CFG_MIN_SURVIVORS = "min-survivors"  # t_min of distributed noise, resolved by the server from the population
 
 # Metric keys (uplink).
 MET_OK = "ok"

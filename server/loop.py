@@ -39,7 +39,7 @@ from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fedrec.train.aggregate import RoundSums
 
-from .records import config_record, global_record, metric_values, train_content, update_arrays
+from .records import downlink_record, global_record, metric_values, train_content, update_arrays
 from .secagg import SecureRounds
 from .secure_eval import secure_evaluate
 
@@ -143,7 +143,7 @@ def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, r
 def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
                  rnd: int) -> tuple[RoundSums, list[int], list[dict[str, float]]]:
     content = train_content(global_record(state.glob, cfg.downlink),
-                            config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean))
+                            downlink_record(cfg, round_=rnd, global_mean=state.glob.global_mean))
     replies = _send(grid, content, wire.MSG_TRAIN, cohort, rnd, cfg.round_timeout)
     n_items, dim = state.glob.n_items, state.glob.dim
     sums = [np.zeros((n_items, dim), np.float64), np.zeros(n_items, np.float64), np.zeros(n_items, np.float64)]
@@ -191,7 +191,7 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
         return {**secure_evaluate(grid, cfg, state, cohort, rnd, rating_scale=rating_scale),
                 "eval_devices": len(cohort)}
     content = train_content(global_record(state.glob, cfg.downlink),
-                            config_record(cfg.flat, round_=rnd, global_mean=state.glob.global_mean,
+                            downlink_record(cfg, round_=rnd, global_mean=state.glob.global_mean,
                                           rating_scale=rating_scale))
     replies = _send(grid, content, wire.MSG_EVALUATE, cohort, rnd, cfg.round_timeout)
     total = MetricSums()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedrec import wire
 from fedrec.errors import FedRecError
+from fedrec.federated.plan import MIN_SURVIVORS_KEY
 from fedrec.model.params import GlobalParams
+from fedrec.runconfig import RunConfig
 
 
 def global_record(glob: GlobalParams, dtype: str = "float32") -> ArrayRecord:
@@ -17,18 +17,26 @@ def global_record(glob: GlobalParams, dtype: str = "float32") -> ArrayRecord:
     return ArrayRecord({name: Array(wire.encode_downlink(arr, dtype)) for name, arr in glob.arrays().items()})
 
 
-def config_record(flat: Mapping[str, object], *, round_: int, global_mean: float,
-                  rating_scale: tuple[float, float] | None = None) -> ConfigRecord:
-    """Round number, ``mu``, the rating scale (evaluation) and the run configuration.
+def downlink_record(cfg: RunConfig, *, round_: int, global_mean: float,
+                    rating_scale: tuple[float, float] | None = None) -> ConfigRecord:
+    """The round's facts a device cannot know: round number, ``mu``, the rating scale (evaluation), ``t_min``.
 
-    Everything a device needs travels here, so it needs no other channel and
-    never loads the run's data to learn a public fact.
+    The run configuration itself reaches every device once, through Flower's
+    ``Context.run_config`` (``flwr run``, or the simulation's ClientApp); only
+    its digest rides here, so a device that holds another configuration refuses
+    the round instead of training on different settings. ``t_min`` of
+    distributed noise is sent because the server works it out from the
+    population, which devices do not know. A device never loads the run's data
+    to learn a public fact: the rating scale is here too.
     """
-    values: dict[str, object] = {wire.CFG_ROUND: round_, wire.CFG_GLOBAL_MEAN: float(global_mean)}
+    values: dict[str, int | float | str] = {wire.CFG_ROUND: round_, wire.CFG_GLOBAL_MEAN: float(global_mean),
+                                            wire.CFG_RUN_DIGEST: cfg.digest}
     if rating_scale is not None:
         values[wire.CFG_RATING_MIN], values[wire.CFG_RATING_MAX] = float(rating_scale[0]), float(rating_scale[1])
-    values.update({wire.CFG_RUN + k: v for k, v in flat.items()})
-    return ConfigRecord(values)  # type: ignore[arg-type]  # Flower's ConfigRecord value union is narrower than object
+    t_min = cfg.flat.get(MIN_SURVIVORS_KEY)
+    if t_min is not None:
+        values[wire.CFG_MIN_SURVIVORS] = int(t_min)
+    return ConfigRecord(values)  # type: ignore[arg-type]  # Flower's value union is invariant; these are its scalars
 
 
 def train_content(glob_record: ArrayRecord, cfg_record: ConfigRecord) -> RecordDict:

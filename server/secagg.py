@@ -52,7 +52,7 @@ from fedrec.secagg import (
 )
 from fedrec.train.aggregate import RoundSums
 
-from .records import config_record, global_record, metric_values, train_content
+from .records import downlink_record, global_record, metric_values, train_content
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class GridTrip:
         if self._training is None:
             glob = self.state.glob
             content = train_content(global_record(glob, self.cfg.downlink),
-                                    config_record(self.cfg.flat, round_=self.rnd, global_mean=glob.global_mean))
+                                    downlink_record(self.cfg, round_=self.rnd, global_mean=glob.global_mean))
             self._training = dict(content.items())
         return self._training
 

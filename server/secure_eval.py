@@ -23,7 +23,7 @@ from fedrec.metrics.secure_sum import eval_layout, eval_totals
 from fedrec.runconfig import RunConfig
 from fedrec.secagg import RoundPipeline, RoundPlan, SecAggError, resolve_threshold
 
-from .records import config_record, global_record, train_content
+from .records import downlink_record, global_record, train_content
 from .secagg import GridTrip, neighbours_for, threshold_for
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class EvalTrip(GridTrip):
 
     def _training_records(self) -> dict[str, Any]:
         glob = self.state.glob
-        content = train_content(global_record(glob), config_record(
-            self.cfg.flat, round_=self.rnd, global_mean=glob.global_mean, rating_scale=self.rating_scale))
+        content = train_content(global_record(glob), downlink_record(
+            self.cfg, round_=self.rnd, global_mean=glob.global_mean, rating_scale=self.rating_scale))
         return dict(content.items())
 
 

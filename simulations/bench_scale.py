@@ -98,7 +98,7 @@ class BareClient:
 
 def _bare_rounds(grid: Any, cfg: Any, cohort: int, rounds: int, rows: list[dict[str, Any]]) -> None:
     from fedrec.server.loop import wait_for_nodes
-    from fedrec.server.records import config_record, global_record, train_content
+    from fedrec.server.records import downlink_record, global_record, train_content
     from flwr.app import Message
 
     from fedrec import wire
@@ -108,7 +108,7 @@ def _bare_rounds(grid: Any, cfg: Any, cohort: int, rounds: int, rows: list[dict[
     state = ServerState.start(cfg.data.synthetic.n_items, cfg.model, cfg.fed, global_mean=3.0)
     for rnd in range(1, rounds + 1):
         start = time.perf_counter()
-        content = train_content(global_record(state.glob), config_record(cfg.flat, round_=rnd, global_mean=3.0))
+        content = train_content(global_record(state.glob), downlink_record(cfg, round_=rnd, global_mean=3.0))
         chosen = sample_cohort(nodes, cohort, state.rng)
         messages = [Message(content, dst_node_id=n, message_type=wire.MSG_TRAIN, group_id=str(rnd), ttl=600)
                     for n in chosen]
@@ -166,7 +166,7 @@ def run_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[int]
     else:
         from fedrec.client.app import make_client_app
 
-        client = make_client_app()
+        client = make_client_app(run_config=list(cfgs.values()))
     app = ServerApp()
     app.main()(main)
     logging.getLogger("flwr").setLevel(logging.ERROR)

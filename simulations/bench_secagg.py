@@ -233,6 +233,11 @@ def bench_config(items: int, users: int, neighbours: str = "auto", *, pipeline: 
                                 "secagg.pipeline": pipeline})
 
 
+def plain_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with secure aggregation off: the paired plain rounds' configuration."""
+    return RunConfig.from_flat({**cfg.flat, "secagg.enabled": False})
+
+
 def graph_of(cfg: RunConfig, n: int) -> tuple[int, int]:
     """``(k, t)`` fedrec uses for a cohort of ``n`` with ``cfg``'s neighbourhood setting."""
     from fedrec.server.secagg import neighbours_for, threshold_for
@@ -287,7 +292,8 @@ def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], round
                 plain_windows.clear()
                 print(format_row(rows[-1], None), flush=True)
 
-    simulate(main, TimedClientApp.wrap(make_client_app(), log_dir), users)
+    every = [c for cfg in configs.values() for c in (cfg, plain_config(cfg))]  # the devices hold each one
+    simulate(main, TimedClientApp.wrap(make_client_app(run_config=every), log_dir), users)
     return rows
 
 
@@ -304,7 +310,7 @@ def measure_rounds(metered: MeteredGrid, cfg: RunConfig, state: ServerState, nod
     from fedrec.server.loop import _train_round
     from fedrec.server.secagg import SecureRounds
 
-    plain_cfg = RunConfig.from_flat({**cfg.flat, "secagg.enabled": False})
+    plain_cfg = plain_config(cfg)
     secure = None if mode == "plain" else SecureRounds(metered, cfg)
     cohorts = [sample_cohort(nodes, n, state.rng) for _ in range(rounds + 2)]
     for r in range(rounds + 1):

@@ -55,7 +55,7 @@ def test_simulate_writes_the_run_folder(tmp_path: Path) -> None:
 def test_what_a_device_sends_contains_no_private_data() -> None:
     """Capture the real replies: only the dense GLOBAL update, sums/counts and flags leave a device."""
     cfg = RunConfig.from_flat(SMALL)
-    grid, _ = _run(cfg, make_client_app(), 24)
+    grid, _ = _run(cfg, make_client_app(run_config=cfg), 24)
     assert grid is not None and grid.replies
     n_items, dim = 40, 4
     train_replies = [r for r in grid.replies if r.metadata.message_type == wire.MSG_TRAIN]
@@ -94,7 +94,7 @@ def test_plain_update_is_the_dense_delta_and_no_rating(tmp_path: Path) -> None:
             np.save(log_dir / f"sent-{pid}.npy", np.concatenate(deltas))
         return reply
 
-    _run(cfg, make_client_app(mods=[probe]), 24)
+    _run(cfg, make_client_app(mods=[probe], run_config=cfg), 24)
     sent_files = sorted(log_dir.glob("sent-*.npy"))
     assert len(sent_files) == 24
     for f in sent_files:
@@ -108,7 +108,7 @@ def test_plain_update_is_the_dense_delta_and_no_rating(tmp_path: Path) -> None:
 def test_dropouts_do_not_stop_the_run() -> None:
     """Devices that raise are dropped; the round aggregates the survivors and counts the dropouts."""
     cfg = RunConfig.from_flat({**SMALL, "rounds": 2, "eval-every": 5})
-    real = make_client_app()
+    real = make_client_app(run_config=cfg)
     flaky = ClientApp()
 
     @flaky.train()
@@ -143,7 +143,7 @@ def test_a_device_that_times_out_is_a_dropout() -> None:
     Slow by nature (the server must wait out the timeout), so outside the default run.
     """
     cfg = RunConfig.from_flat({**SMALL, "rounds": 2, "eval-every": 5, "round-timeout": 15.0})
-    real = make_client_app()
+    real = make_client_app(run_config=cfg)
     slow = ClientApp()
 
     @slow.train()

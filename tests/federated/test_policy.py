@@ -211,7 +211,7 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
         grid.send_and_receive = recording  # type: ignore[method-assign]
         box["result"] = run_on_grid(grid, cfg, catalogue_for(cfg))
 
-    run_simulation(server_app=app, client_app=make_client_app(), num_supernodes=16,
+    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=16,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
     history = box["result"].history

@@ -17,7 +17,7 @@ from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source
 from fedrec.server.app import catalogue_for
 from fedrec.server.loop import _send, run_on_grid, wait_for_nodes
-from fedrec.server.records import config_record, global_record, train_content
+from fedrec.server.records import downlink_record, global_record, train_content
 from fedrec.server.secure_eval import secure_evaluate
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
@@ -54,11 +54,12 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
         box["result"] = run_on_grid(recording, cfg, catalogue_for(cfg))
         state = box["result"].state
         nodes = sorted(grid.get_node_ids())
-        content = train_content(global_record(state.glob), config_record(cfg.flat, round_=9, global_mean=3.0))
+        content = train_content(global_record(state.glob), downlink_record(cfg, round_=9, global_mean=3.0))
         box["plain"] = [_send(recording, content, kind, nodes, 9, 60.0) for kind in (wire.MSG_TRAIN,
                                                                                     wire.MSG_EVALUATE)]
 
-    run_simulation(server_app=app, client_app=make_client_app(), num_supernodes=N_DEVICES, backend_config=BACKEND)
+    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=N_DEVICES,
+                   backend_config=BACKEND)
     return box
 
 
@@ -121,7 +122,8 @@ def test_secure_evaluation_returns_the_cohorts_exact_metrics() -> None:
         box["secure"] = secure_evaluate(grid, cfg, state, wait_for_nodes(grid, N_DEVICES, timeout=120), 1,
                                         rating_scale=catalogue_for(cfg).rating_scale)
 
-    run_simulation(server_app=app, client_app=make_client_app(), num_supernodes=N_DEVICES, backend_config=BACKEND)
+    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=N_DEVICES,
+                   backend_config=BACKEND)
     data = load_run_dataset(cfg.data)
     expected = MetricSums()
     for pid in range(N_DEVICES):

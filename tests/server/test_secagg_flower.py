@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.client.app import make_client_app
+from fedrec.client.app import RunConfigMod, make_client_app
 from fedrec.client.device import simulation_source, train_device
 from fedrec.client.records import load_state
 from fedrec.server.app import catalogue_for
@@ -212,7 +212,7 @@ def test_secure_round_matches_plain_and_hides_everything(tmp_path: Path) -> None
         box["replayed"] = list(grid.send_and_receive(replays, timeout=60))
         box["nodes"] = nodes
 
-    _simulate(main, make_client_app(mods=[_probe(cfg, tmp_path)]))
+    _simulate(main, make_client_app(mods=[_probe(cfg, tmp_path)], run_config=[cfg, plain_cfg]))
     rec, nodes = box["grid"], box["nodes"]
     secure, dropped, metrics = box["secure"]
     plain = box["plain"][0]
@@ -247,8 +247,8 @@ def test_pipelined_rounds_match_plain_in_two_trips_and_hide_everything(tmp_path:
     rounds, lr = 4, cfg.fed.server.lr
     updates = tmp_path / "updates"
     updates.mkdir()
-    real = make_client_app(mods=[_probe(cfg, tmp_path)])
-    capturing = ClientApp()
+    real = make_client_app(mods=[_probe(cfg, tmp_path)], run_config=cfg)
+    capturing = ClientApp(mods=[RunConfigMod.of([cfg])])  # capture() parses the downlink before real() runs
 
     def capture(msg: Message, context: Context) -> Message:
         """Train once more on a copy of the state (training is deterministic): the plain update that gets masked."""
@@ -356,7 +356,7 @@ def test_dropouts_at_every_stage_and_an_aborted_round() -> None:
     cfg = RunConfig.from_flat({**SMALL, "model.dim": 4, "rounds": 3, "eval-every": 5, "secagg.pipeline": False})
     r1, r2 = protocol_round_id(1, prestarted=False), protocol_round_id(2, prestarted=False)
     refuse = {(r1, wire.SECAGG_SETUP): {0}, (r1, wire.SECAGG_SHARE): {1}, (r1, wire.SECAGG_UNMASK): {3}}
-    flaky = refusing(make_client_app(), refuse=refuse,
+    flaky = refusing(make_client_app(run_config=cfg), refuse=refuse,
                      offline={("1", wire.SECAGG_MASK): {2}, ("2", wire.SECAGG_MASK): set(range(14))})
     box: dict[str, Any] = {}
 
@@ -405,7 +405,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
               (ids[1], wire.SECAGG_UNMASK): {3}, (ids[2], wire.SECAGG_SETUP): {4}, (ids[2], wire.SECAGG_SHARE): {5},
               (ids[2], wire.SECAGG_MASK): set(range(6, 20)),
               (protocol_round_id(4, prestarted=True), wire.SECAGG_SETUP): set(range(12))}
-    flaky = refusing(make_client_app(), refuse=refuse, offline={("3", wire.SECAGG_MASK): {20}})
+    flaky = refusing(make_client_app(run_config=cfg), refuse=refuse, offline={("3", wire.SECAGG_MASK): {20}})
     box: dict[str, Any] = {}
 
     def main(grid: Grid, context: Context) -> None:
@@ -451,7 +451,7 @@ def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanl
         box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
-        _simulate(main, make_client_app())
+        _simulate(main, make_client_app(run_config=cfg))
     history, rec = box["history"], box["grid"]
     assert [r["round"] for r in history] == [1, 2]
     assert all(r["dp_unit"] == "user" and 0 < r["epsilon"] <= cfg.dp.epsilon for r in history)

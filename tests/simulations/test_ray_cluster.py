@@ -35,7 +35,9 @@ from fedrec.runconfig import RunConfig
 from fedrec.simulations.runner import simulate
 
 LOG = Path(sys.argv[2])
-REAL = make_client_app()
+cfg = RunConfig.from_flat({"synthetic.n-users": 30, "synthetic.n-items": 40, "synthetic.mean-interactions": 10,
+                           "rounds": 2, "eval-every": 2, "model.dim": 4})
+REAL = make_client_app(run_config=cfg)
 
 
 class NodeTaggingApp(ClientApp):
@@ -57,8 +59,6 @@ while sum(node["Alive"] for node in ray.nodes()) < 2:  # Flower sizes its actor 
     time.sleep(0.5)
 ray.shutdown()
 
-cfg = RunConfig.from_flat({"synthetic.n-users": 30, "synthetic.n-items": 40, "synthetic.mean-interactions": 10,
-                           "rounds": 2, "eval-every": 2, "model.dim": 4})
 result = simulate(cfg, Path(sys.argv[3]), ray_address=sys.argv[1], client_app=NodeTaggingApp())
 print(json.dumps({"history": result.history}))
 """
