@@ -65,6 +65,13 @@ PROTOCOL_PRESETS: dict[str, dict[str, Scalar]] = {
 # With differential privacy on, devices send no per-item counts, so the server averages per device.
 DP_PRESET: dict[str, Scalar] = {"strategy.averaging": "fedavg"}
 
+#: A value meaning "the preset's": ``[tool.flwr.app.config]`` declares every key of :data:`PRESET_KEYS`
+#: with it, so that ``flwr run . --run-config 'protocol="R1"'`` gets R1's values for them, not E1's.
+PRESET = "preset"
+#: Keys whose default depends on the protocol (:data:`PROTOCOL_PRESETS`) or on ``dp.unit`` (:data:`DP_PRESET`).
+PRESET_KEYS: tuple[str, ...] = tuple(sorted({key for preset in PROTOCOL_PRESETS.values() for key in preset}
+                                            | set(DP_PRESET)))
+
 
 @dataclass(frozen=True)
 class SecAggSpec:
@@ -301,7 +308,10 @@ def _check_wrmf(cfg: RunConfig) -> None:
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
-    """Defaults + protocol preset + overrides, with unknown keys rejected."""
+    """Defaults + protocol preset + overrides, with unknown keys rejected.
+
+    An override of a :data:`PRESET_KEYS` key with the value :data:`PRESET` (or None) sets nothing.
+    """
     for key in overrides:
         _check_known(key)
     protocol = str(overrides.get("protocol", DEFAULTS["protocol"]))
@@ -310,7 +320,7 @@ def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:
     flat: dict[str, Scalar] = {**DEFAULTS, **PROTOCOL_PRESETS[protocol]}
     if overrides.get("dp.unit", DEFAULTS["dp.unit"]) != "off":
         flat.update(DP_PRESET)
-    flat.update({k: v for k, v in overrides.items() if v is not None})
+    flat.update({k: v for k, v in overrides.items() if v is not None and not (v == PRESET and k in PRESET_KEYS)})
     return flat
 
 

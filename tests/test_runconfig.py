@@ -69,11 +69,39 @@ def test_toml_nested_and_quoted_keys(tmp_path: Path) -> None:
 
 
 def test_pyproject_app_config_matches_defaults() -> None:
+    """Every key is declared: a protocol-dependent one as "preset", every other one with its default."""
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     from fedrec.deploy.runspec import ENVELOPE_DEFAULTS, from_run_config
+    from fedrec.runconfig import PRESET, PRESET_KEYS
 
-    assert app["config"] == {**DEFAULTS, **ENVELOPE_DEFAULTS}
-    from_run_config(app["config"])
+    declared = {**DEFAULTS, **{key: PRESET for key in PRESET_KEYS}, **ENVELOPE_DEFAULTS}
+    assert app["config"] == declared
+    assert from_run_config(app["config"])[0] == RunConfig.from_flat({})
+
+
+@pytest.mark.parametrize("args", [[], ['protocol="R1"'], ['protocol="R1"', "model.reg=0.05", "rounds=7"],
+                                  ['dataset="ml-100k"', "fold=2"]])
+def test_flwr_run_config_gets_the_chosen_protocols_presets(args: list[str]) -> None:
+    """``flwr run . --run-config ...`` through Flower's own parser and merge of the pyproject table."""
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    from fedrec.deploy.runspec import from_run_config
+
+    overrides = parse_config_args(args)
+    fused = get_fused_config_from_dir(ROOT, overrides)
+    cfg, _, _ = from_run_config(fused)
+    assert cfg == RunConfig.from_flat(overrides)  # what `fedrec simulate --set` gives for the same keys
+    if overrides.get("protocol") == "R1":
+        assert cfg.fed.server.name == "adam" and cfg.model.kind == "implicit"
+        assert cfg.model.reg == overrides.get("model.reg", 0.02) and cfg.fed.rounds == overrides.get("rounds", 140)
+
+
+def test_preset_is_a_value_only_for_preset_keys() -> None:
+    assert RunConfig.from_flat({"protocol": "R1", "local.lr": "preset"}).fed.local.lr == 0.6
+    assert RunConfig.from_flat({"dp.unit": "user", "dp.epsilon": 8.0,
+                                "strategy.averaging": "preset"}).fed.averaging == "fedavg"
+    with pytest.raises(ConfigError, match="model.dim: expected int, got 'preset'"):
+        RunConfig.from_flat({"model.dim": "preset"})
 
 
 @pytest.mark.parametrize("conf", sorted((ROOT / "simulations" / "conf").glob("*.toml")), ids=lambda p: p.name)
