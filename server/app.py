@@ -19,7 +19,7 @@ from fedrec.deploy.runspec import from_run_config, write_status
 from fedrec.errors import FedRecError
 from fedrec.runconfig import RunConfig
 
-from .loop import Catalogue, RoundCallback, RunResult, run_on_grid
+from .loop import Catalogue, RoundCallback, RunResult, train_over_grid
 
 
 def catalogue_for(cfg: RunConfig) -> Catalogue:
@@ -41,7 +41,7 @@ def make_server_app(cfg: RunConfig, *, run_dir: Path | None = None, on_round: Ro
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            result = run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
+            result = train_over_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, on_round=on_round, resume=resume)
         except FedRecError as exc:
             if errors is None:
                 raise
@@ -64,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_status(run_dir, "running", flower_run=context.run_id, rounds=cfg.fed.rounds, resume=resume)
     try:
-        result = run_on_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, resume=resume)
+        result = train_over_grid(grid, cfg, catalogue_for(cfg), run_dir=run_dir, resume=resume)
     except FedRecError as exc:
         write_status(run_dir, "failed", flower_run=context.run_id, rounds=cfg.fed.rounds, error=str(exc))
         raise

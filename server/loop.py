@@ -66,7 +66,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_on_grid(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Path | None = None,
+def train_over_grid(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Path | None = None,
                on_round: RoundCallback | None = None, resume: bool = False) -> RunResult:
     """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)

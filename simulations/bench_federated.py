@@ -57,7 +57,7 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
+def time_command(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
     """Run ``cmd``; return stdout, wall seconds and peak tree RSS (sampled every 0.2 s)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -83,7 +83,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str
 
 def central_to_target(data_dir: str, target: float, epoch_grid: list[int]) -> dict[str, Any]:
     for epochs in epoch_grid:
-        out, wall, peak = run_measured([sys.executable, "-m", "fedrec.cli", "train-central", "--dataset", "ml-100k",
+        out, wall, peak = time_command([sys.executable, "-m", "fedrec.cli", "train-central", "--dataset", "ml-100k",
                                         "--data-dir", data_dir, "--protocol", "E1", "--fold", "1",
                                         "--epochs", str(epochs), "--json"])
         res = json.loads(out)
@@ -96,7 +96,7 @@ def central_to_target(data_dir: str, target: float, epoch_grid: list[int]) -> di
 
 def federated_to_target(data_dir: str, target: float, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        out, wall, peak = run_measured([sys.executable, "-m", "fedrec.cli", "simulate", "--dataset", "ml-100k",
+        out, wall, peak = time_command([sys.executable, "-m", "fedrec.cli", "simulate", "--dataset", "ml-100k",
                                         "--data-dir", data_dir, "--protocol", "E1", "--fold", "1", "--json",
                                         "--rounds", str(rounds), "--set", "eval-every=1", "--run-dir", tmp])
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]

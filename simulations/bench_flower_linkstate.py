@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 
-def run_variant(index: bool, args: argparse.Namespace) -> dict[str, float]:
+def measure_variant(index: bool, args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fedrec.cli", "simulate", "--json", "--run-dir", tmp,
                "--rounds", str(args.rounds), "--set", f"synthetic.n-users={args.users}",
@@ -46,7 +46,7 @@ def main() -> None:
     print(f"{args.users} devices, {args.items} items, cohort {args.cohort}, {args.rounds} rounds")
     print(f"{'link state':<22}{'s/round':>10}{'first round s':>15}{'total s':>10}{'rmse':>8}")
     for name, index in (("Flower 1.42 (scan)", False), ("fedrec index", True)):
-        r = run_variant(index, args)
+        r = measure_variant(index, args)
         print(f"{name:<22}{r['round_s']:>10.2f}{r['first_round_s']:>15.2f}{r['total_s']:>10.1f}{r['rmse']:>8.4f}")
 
 

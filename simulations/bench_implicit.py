@@ -28,7 +28,7 @@ from typing import Any  # noqa: E402
 
 from fedrec.data.interactions import Dataset  # noqa: E402
 from fedrec.data.registry import DATA_DIR_ENV  # noqa: E402
-from fedrec.federated.reference import run_reference  # noqa: E402
+from fedrec.federated.reference import train_in_process  # noqa: E402
 from simulations import peers  # noqa: E402
 from simulations.tune_implicit import (  # noqa: E402
     DATASETS,
@@ -45,7 +45,7 @@ from simulations.tune_implicit import (  # noqa: E402
 def federated_test(full: Dataset, cand: Candidate, lr: float, rounds: int) -> dict[str, float]:
     """Test metrics after ``rounds`` rounds; seconds per round, the one final evaluation included."""
     start = time.perf_counter()
-    row = run_reference(full, cand.fedrec_model(), fed_config(lr, rounds, rounds))[1][-1]
+    row = train_in_process(full, cand.fedrec_model(), fed_config(lr, rounds, rounds))[1][-1]
     total = time.perf_counter() - start
     return {"hr@10": float(row["hr@10"]), "ndcg@10": float(row["ndcg@10"]), "s_per_round": total / rounds,
             "rounds": rounds}

@@ -35,7 +35,7 @@ import numpy as np
 
 _STARTED = time.perf_counter()
 
-from .bench_federated import run_measured  # noqa: E402  (after the start clock)
+from .bench_federated import time_command  # noqa: E402  (after the start clock)
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,10 @@ def _bare_rounds(grid: Any, cfg: Any, cohort: int, rounds: int, rows: list[dict[
                      "first_round_start": start})
 
 
-def run_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[int], rounds: int) -> dict[str, Any]:
+def measure_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[int], rounds: int) -> dict[str, Any]:
     """Run one cell in this process and return its figures (start-up, s/round per cohort, bytes per device)."""
     from fedrec.server.app import catalogue_for
-    from fedrec.server.loop import run_on_grid
+    from fedrec.server.loop import train_over_grid
     from fedrec.simulations.flower_linkstate import install
     from fedrec.simulations.runner import validate
     from flwr.app import Context
@@ -149,7 +149,7 @@ def run_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[int]
             if kind == "bare":
                 _bare_rounds(metered, cfg, cohort, rounds, rows)
             else:
-                rows = run_on_grid(metered, cfg, catalogue_for(cfg), on_round=_stamp).history
+                rows = train_over_grid(metered, cfg, catalogue_for(cfg), on_round=_stamp).history
             if not first_start:
                 first_start.append(rows[0]["first_round_start"])
             later = [r["train_seconds"] for r in rows[1:]] or [rows[0]["train_seconds"]]
@@ -194,7 +194,7 @@ def measure(kind: str, users: int, items: int, secagg: bool, cohorts: list[int],
            str(items), "--rounds", str(rounds), "--cohorts", ",".join(map(str, cohorts))]
     if secagg:
         cmd.append("--secagg")
-    stdout, wall, peak = run_measured(cmd)
+    stdout, wall, peak = time_command(cmd)
     row: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     row.update({"wall_s": wall, "peak_mb": peak})
     return row
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secagg", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cell:
-        row = run_cell(args.cell, int(args.users), int(args.items), args.secagg,
+        row = measure_cell(args.cell, int(args.users), int(args.items), args.secagg,
                        [int(c) for c in args.cohorts.split(",")], args.rounds)
         print(json.dumps(row))
         return 0

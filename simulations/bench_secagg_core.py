@@ -40,7 +40,7 @@ from fedrec.secagg.crypto.identity import SimulationAuthority  # noqa: E402
 from fedrec.secagg.graph import min_threshold, secure_degree  # noqa: E402
 
 AUTHORITY = SimulationAuthority(b"fedrec benchmark enrolment authority")
-from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, run_round  # noqa: E402
+from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, aggregate_in_process  # noqa: E402
 
 EMBED_DIM = 32
 ITEM_COUNTS = {"ml-100k": 1682, "ml-1m": 3706}
@@ -105,7 +105,7 @@ def plain_sum_ms(inputs: dict[int, dict[str, np.ndarray]], survivors: Sequence[i
     return 1000 * (time.process_time() - start)
 
 
-def run_case(case: Case, seed: int) -> dict[str, float]:
+def measure_case(case: Case, seed: int) -> dict[str, float]:
     """One round; returns the row's measurements."""
     rng = np.random.default_rng(seed)
     ids = sorted({int(x) for x in rng.integers(1, 2**63, size=case.n)})
@@ -124,7 +124,7 @@ def run_case(case: Case, seed: int) -> dict[str, float]:
     n_drop = int(round(case.dropout * case.n))
     drops: dict[int, Stage] = {int(node): "mask" for node in rng.choice(ids, n_drop, replace=False)}
     trace = RoundTrace()
-    result = run_round(server, clients, inputs, dropouts=drops, trace=trace)
+    result = aggregate_in_process(server, clients, inputs, dropouts=drops, trace=trace)
     row = {
         f"c_{stage}": 1000 * statistics.fmean(trace.client_seconds[stage].values())
         for stage in STAGES
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("vector = items*32 + 2*items elements, uint32 ring; dropouts leave after sharing.")
     print(" ".join(name.rjust(max(width, len(name))) for name, width in COLUMNS))
     for i, case in enumerate(cases(sizes, items, dropouts)):
-        print(format_row(case, run_case(case, args.seed + i)), flush=True)
+        print(format_row(case, measure_case(case, args.seed + i)), flush=True)
     return 0
 
 

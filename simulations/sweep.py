@@ -15,7 +15,7 @@ Rating-level DP trains the explicit rating model only, so its R1 row says so
 instead of a number. User-level runs use ``delta = 1/N`` for ``N`` users,
 rating-level runs ``delta = 1e-5`` per device.
 
-``--engine reference`` (the default) runs :func:`fedrec.federated.reference.run_reference`
+``--engine reference`` (the default) runs :func:`fedrec.federated.reference.train_in_process`
 in this process: the same device and server-policy code as the Flower apps,
 without the per-message cost. ``--engine flower`` runs every point on Flower's
 Simulation Engine (slow: minutes per point). ``--quick`` is a small synthetic
@@ -123,11 +123,11 @@ def point_config(point: Point, base: dict[str, Scalar], *, quick: bool, populati
 
 def reference_runner(cfg: RunConfig) -> list[dict[str, Any]]:
     """Train with the in-process reference loop."""
-    from fedrec.federated.reference import run_reference
+    from fedrec.federated.reference import train_in_process
 
     data = load_run_dataset(cfg.data)
     check_recency(data, recency_boost=cfg.model.recency_boost)
-    _, history = run_reference(data, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
+    _, history = train_in_process(data, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
     return history
 
 
@@ -144,7 +144,7 @@ def flower_runner(out: Path) -> Runner:
     return run
 
 
-def run_sweep(base: dict[str, Scalar], out: Path, *, quick: bool = False, engine: str = "reference",
+def measure_sweep(base: dict[str, Scalar], out: Path, *, quick: bool = False, engine: str = "reference",
               epsilons: Sequence[float] = EPSILONS, protocols: Sequence[str] = PROTOCOLS,
               units: Sequence[str] = UNITS, unit_overrides: dict[str, dict[str, Scalar]] | None = None,
               runner: Runner | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FedRecError(f"--units: {u!r} is not one of {UNITS}")
         out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         base, per_unit = base_config(args)
-        rows = run_sweep(base, out, quick=args.quick, engine=args.engine, epsilons=epsilons, protocols=protocols,
+        rows = measure_sweep(base, out, quick=args.quick, engine=args.engine, epsilons=epsilons, protocols=protocols,
                          units=units, unit_overrides=per_unit)
     except (FedRecError, ValueError) as exc:
         print(f"fedrec sweep: error: {exc}", file=sys.stderr)

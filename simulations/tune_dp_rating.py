@@ -22,7 +22,7 @@ from pathlib import Path
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.data.splits import validation_split
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.runconfig import RunConfig, Scalar, load_toml
 
 CONFIG = Path(__file__).parent / "conf" / "dp-rating.toml"
@@ -50,7 +50,7 @@ def main() -> None:
     for point in points:
         cfg = RunConfig.from_flat({**base, "data-dir": args.data_dir, **point})
         start = time.perf_counter()
-        _, history = run_reference(tune, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
+        _, history = train_in_process(tune, cfg.model, cfg.fed, privacy=cfg.privacy_plan())
         curve = " ".join(f"r{int(h['round'])} {h['rmse']:.4f}" for h in history if "rmse" in h)
         eps = history[-1].get("epsilon")
         print(f"{json.dumps(point, default=str)}: validation RMSE {curve}; epsilon {eps}; "

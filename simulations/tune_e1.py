@@ -20,7 +20,7 @@ import time
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.data.splits import validation_split
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig
@@ -35,7 +35,7 @@ def central_rmse(data: Dataset, model: MFConfig, trainer: CentralConfig) -> floa
 
 
 def federated_rmse(data: Dataset, model: MFConfig, fed: FedConfig) -> float:
-    return run_reference(data, model, fed)[1][-1]["rmse"]
+    return train_in_process(data, model, fed)[1][-1]["rmse"]
 
 
 def als_grid(tune: Dataset, full: Dataset) -> None:

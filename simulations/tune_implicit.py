@@ -37,7 +37,7 @@ from fedrec.data.interactions import Dataset  # noqa: E402
 from fedrec.data.registry import DATA_DIR_ENV, load_dataset  # noqa: E402
 from fedrec.data.splits import leave_last_out  # noqa: E402
 from fedrec.data.synthetic import SyntheticConfig  # noqa: E402
-from fedrec.federated.reference import run_reference  # noqa: E402
+from fedrec.federated.reference import train_in_process  # noqa: E402
 from fedrec.federated.server_state import FedConfig  # noqa: E402
 from fedrec.metrics.evaluate import evaluate  # noqa: E402
 from fedrec.model.mf import MFConfig  # noqa: E402
@@ -164,7 +164,7 @@ def tune_federated(tune: Dataset, model: MFConfig, lrs: tuple[float, ...], round
     every = max(rounds // 4, 1)
     for lr in lrs:
         start = time.perf_counter()
-        history = run_reference(tune, model, fed_config(lr, rounds, every))[1]
+        history = train_in_process(tune, model, fed_config(lr, rounds, every))[1]
         per_round = (time.perf_counter() - start) / rounds
         marks = []
         for row in history:

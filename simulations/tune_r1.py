@@ -21,7 +21,7 @@ from typing import Any
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.data.splits import leave_last_out
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import baseline_metrics, evaluate
 from fedrec.model.mf import MFConfig
@@ -41,7 +41,7 @@ def central_scores(data: Dataset, model: MFConfig, trainer: CentralConfig) -> Sc
 
 
 def federated_scores(data: Dataset, model: MFConfig, fed: FedConfig) -> Scores:
-    last = run_reference(data, model, fed)[1][-1]
+    last = train_in_process(data, model, fed)[1][-1]
     return float(last["hr@10"]), float(last["ndcg@10"])
 
 
@@ -73,7 +73,7 @@ def federated_grid(quick: bool) -> list[FedConfig]:
 
 def federated_curve(data: Dataset, model: MFConfig, fed: FedConfig) -> list[tuple[Scores, int]]:
     """``((hr@10, ndcg@10), round)`` at every evaluated round of one run."""
-    history = run_reference(data, model, fed)[1]
+    history = train_in_process(data, model, fed)[1]
     return [((float(h["hr@10"]), float(h["ndcg@10"])), int(h["round"])) for h in history if "hr@10" in h]
 
 

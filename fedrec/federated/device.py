@@ -1,7 +1,7 @@
 """What a device does in a round, independent of how messages travel.
 
 The Flower ClientApp (``client/``), the in-process reference loop
-(:func:`fedrec.federated.reference.run_reference`) and, later, the client SDK call
+(:func:`fedrec.federated.reference.train_in_process`) and, later, the client SDK call
 these two functions (:func:`device_train`, :func:`device_evaluate`). A device reads its rows through an
 :class:`InteractionSource` and keeps its private state (user factors, privacy
 accountants) as named arrays in a :class:`DeviceState` mapping:

@@ -3,7 +3,7 @@
 A policy sees only what the server sees: the node list and the summed update
 of a round (devices state nothing else but ``ok``). It is pure (no transport):
 the Flower ServerApp (``server/loop.py``) and the in-process reference loop
-(:func:`fedrec.federated.reference.run_reference`) call the same methods in the
+(:func:`fedrec.federated.reference.train_in_process`) call the same methods in the
 same order, with the same random generator, so DP behaves identically in both:
 
     if not policy.allows_next_round(): stop

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, dict[str, Any]], None]
 
 
-def run_reference(dataset: Dataset, model: MFConfig, fed: FedConfig, *,
+def train_in_process(dataset: Dataset, model: MFConfig, fed: FedConfig, *,
                   progress: ProgressFn | None = None, privacy: PrivacyPlan | None = None,
                   ) -> tuple[ServerState, list[dict[str, Any]]]:
     """Run rounds in-process, one device per user, with the apps' exact code.

@@ -1,7 +1,7 @@
 """The server's side of a federated run, independent of any transport: round settings, cohorts, the table.
 
 The Flower ServerApp (``server/loop.py``) and the in-process reference loop
-(:func:`fedrec.federated.reference.run_reference`) both keep a
+(:func:`fedrec.federated.reference.train_in_process`) both keep a
 :class:`ServerState` and feed it each round's sums through the privacy policy
 (:mod:`fedrec.federated.policy`).
 """

@@ -57,7 +57,7 @@ from fedrec.secagg.graph import (
     resolve_threshold,
     secure_degree,
 )
-from fedrec.secagg.inprocess import RoundTrace, build_cohort, run_round
+from fedrec.secagg.inprocess import RoundTrace, aggregate_in_process, build_cohort
 from fedrec.secagg.layout import NO_MODEL, flatten_update, model_digest, quant_config_for, unflatten_sums
 from fedrec.secagg.messages import (
     AdvertiseKeys,
@@ -80,9 +80,9 @@ from fedrec.secagg.schedule import (
     RoundPipeline,
     RoundPlan,
     Trip,
+    aggregate_round_by_stage,
     protocol_round_id,
-    run_secagg_round,
-    run_trip,
+    send_trip,
 )
 
 __all__ = [
@@ -133,9 +133,9 @@ __all__ = [
     "protocol_round_id",
     "quant_config_for",
     "resolve_threshold",
-    "run_round",
-    "run_secagg_round",
-    "run_trip",
+    "aggregate_in_process",
+    "aggregate_round_by_stage",
+    "send_trip",
     "secure_degree",
     "unflatten_sums",
 ]

@@ -27,7 +27,7 @@ from fedrec.secagg.protocol_client import DeviceTrust, SecAggClient
 from fedrec.secagg.protocol_server import AggregateResult, SecAggServer
 from fedrec.secagg.quantize import QuantConfig
 
-__all__ = ["STAGES", "RoundTrace", "Stage", "build_cohort", "run_round"]
+__all__ = ["STAGES", "RoundTrace", "Stage", "build_cohort", "aggregate_in_process"]
 
 logger = logging.getLogger("fedrec.secagg.inprocess")
 
@@ -95,7 +95,7 @@ def _client_stage(
     return replies
 
 
-def run_round(
+def aggregate_in_process(
     server: SecAggServer,
     clients: Mapping[int, SecAggClient],
     inputs: Mapping[int, Mapping[str, np.ndarray]],
@@ -158,7 +158,7 @@ def build_cohort(
     security: SecurityParams | None = DEFAULT_SECURITY,
     authority: SimulationAuthority | None = None,
 ) -> tuple[SecAggServer, dict[int, SecAggClient]]:
-    """A server and one client per participant, ready for :func:`run_round`.
+    """A server and one client per participant, ready for :func:`aggregate_in_process`.
 
     ``authority`` enrols the clients (identity = enrolment id = node id); a
     fresh one when omitted (seeded with ``reproducible_seed``). ``security``

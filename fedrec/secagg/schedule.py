@@ -5,7 +5,7 @@ is one message round trip to the round's live nodes. :class:`RoundDriver`
 holds one round's :class:`SecAggServer` and steps it a stage at a time, so a
 scheduler can decide which stages travel together:
 
-* :func:`run_secagg_round` runs one round alone, a trip per stage, through an
+* :func:`aggregate_round_by_stage` runs one round alone, a trip per stage, through an
   ``exchange(stage, payloads)`` callable (four trips).
 * :class:`RoundPipeline` runs consecutive rounds so that the next round's
   setup and share stages ride in the same trips as the current round's mask
@@ -55,8 +55,8 @@ __all__ = [
     "RoundPlan",
     "Trip",
     "protocol_round_id",
-    "run_secagg_round",
-    "run_trip",
+    "aggregate_round_by_stage",
+    "send_trip",
 ]
 
 logger = logging.getLogger("fedrec.secagg.schedule")
@@ -262,7 +262,7 @@ class RoundDriver:
         return self._result
 
 
-def run_trip(trip: Trip, drivers: Sequence[RoundDriver]) -> None:
+def send_trip(trip: Trip, drivers: Sequence[RoundDriver]) -> None:
     """Send the next stage of every live driver in one trip and deliver each round its replies.
 
     Rounds must be at different stages (one part per stage and node). A round
@@ -297,7 +297,7 @@ def run_trip(trip: Trip, drivers: Sequence[RoundDriver]) -> None:
             continue
 
 
-def run_secagg_round(
+def aggregate_round_by_stage(
     exchange: Exchange,
     *,
     round_id: int,
@@ -429,7 +429,7 @@ class RoundPipeline:
             current.bind_model(model_digest)
         upcoming = self._prestart(next_plan)
         while _wants_trip(current, upcoming):
-            run_trip(trip, _companions(current, upcoming))
+            send_trip(trip, _companions(current, upcoming))
         return current.result()
 
     def abandon(self) -> None:

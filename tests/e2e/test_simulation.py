@@ -11,7 +11,7 @@ import pytest
 from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import run_on_grid
+from fedrec.server.loop import train_over_grid
 from fedrec.simulations.runner import simulate
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -35,7 +35,7 @@ def _run(cfg: RunConfig, client: ClientApp, n_devices: int) -> tuple[RecordingGr
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = RecordingGrid(grid)
-        box["result"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg))
+        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
 
     run_simulation(server_app=app, client_app=client, num_supernodes=n_devices, backend_config=BACKEND)
     return box.get("grid"), box["result"].history

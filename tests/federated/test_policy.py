@@ -183,7 +183,7 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
     """Real ServerApp and ClientApps on Ray: every row has epsilon; no DP device sends counts."""
     from fedrec.client.app import make_client_app
     from fedrec.server.app import catalogue_for
-    from fedrec.server.loop import run_on_grid
+    from fedrec.server.loop import train_over_grid
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -209,7 +209,7 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
             return out
 
         grid.send_and_receive = recording  # type: ignore[method-assign]
-        box["result"] = run_on_grid(grid, cfg, catalogue_for(cfg))
+        box["result"] = train_over_grid(grid, cfg, catalogue_for(cfg))
 
     run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=16,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

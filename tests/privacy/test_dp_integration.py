@@ -16,7 +16,7 @@ from fedrec.data.partition import PartitionSource, partitions
 from fedrec.errors import ConfigError
 from fedrec.federated.device import device_evaluate, device_train, evaluate_user, load_accountant, train_user
 from fedrec.federated.plan import PrivacyPlan, build_plan, with_min_survivors
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig, ServerState, prior_mean, sample_cohort
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams, LocalParams
@@ -220,7 +220,7 @@ def _user_run(dataset: Dataset, *, rounds: int, plan_rounds: int, epsilon: float
     dp = DPConfig(unit="user", epsilon=epsilon, delta=1 / 150, clip=0.5, cohort_rate=q)
     plan = build_plan(dp, rounds=plan_rounds, lr=0.1)
     fed = FedConfig(rounds=rounds, eval_every=1, averaging="fedavg", local=LocalConfig(steps=5, lr=0.1))
-    _, history = run_reference(dataset, MODEL, fed, privacy=plan)
+    _, history = train_in_process(dataset, MODEL, fed, privacy=plan)
     return plan, history
 
 
@@ -300,9 +300,9 @@ def test_reference_without_dp_is_unchanged(case: str, small_explicit: Dataset, s
         data, model = small_explicit, MFConfig(dim=8, reg=0.1, bias_reg=0.1)
         fed = FedConfig(rounds=4, eval_every=2, cohort=0.5, local=LocalConfig(fold_in=False, steps=5, lr=0.1),
                         server=ServerOptConfig(name="adam", lr=0.1))
-    _, history = run_reference(data, model, fed)
+    _, history = train_in_process(data, model, fed)
     assert history == _pre_privacy_reference(data, model, fed)
-    _, with_off_plan = run_reference(data, model, fed, privacy=PrivacyPlan())
+    _, with_off_plan = train_in_process(data, model, fed, privacy=PrivacyPlan())
     assert with_off_plan == history
 
 
@@ -314,7 +314,7 @@ def test_reference_rating_level_rows_report_the_public_worst_case(small_explicit
 
     plan = cfg.privacy_plan()
     assert plan.rating is not None
-    _, history = run_reference(load_run_dataset(cfg.data), cfg.model, cfg.fed, privacy=plan)
+    _, history = train_in_process(load_run_dataset(cfg.data), cfg.model, cfg.fed, privacy=plan)
     for k, row in enumerate(history, start=1):
         assert row["dp_unit"] == "rating" and row["delta"] == DELTA and row["accountant"] == "rdp"
         assert row["epsilon"] == plan.rating.epsilon_after(k) and row["noise_multiplier"] == 1.0
@@ -323,7 +323,7 @@ def test_reference_rating_level_rows_report_the_public_worst_case(small_explicit
 
 def test_reference_refuses_item_averaging_under_dp(small_explicit: Dataset) -> None:
     with pytest.raises(ConfigError, match="strategy.averaging"):
-        run_reference(small_explicit, MODEL, FedConfig(rounds=1, local=LOCAL), privacy=_user_plan())
+        train_in_process(small_explicit, MODEL, FedConfig(rounds=1, local=LOCAL), privacy=_user_plan())
 
 
 def test_expected_cohort_divides_the_noisy_sum() -> None:

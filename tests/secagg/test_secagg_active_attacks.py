@@ -30,10 +30,10 @@ from fedrec.secagg import (
     SecAggServer,
     SegmentSpec,
     Setup,
+    aggregate_in_process,
     build_cohort,
     neighbourhood_degree,
     resolve_threshold,
-    run_round,
     secure_degree,
 )
 from fedrec.secagg.crypto.identity import Authority, SimulationAuthority
@@ -239,7 +239,7 @@ def test_different_tables_to_different_devices_make_the_sum_useless_and_the_roun
     server.model_digest = honest
     digests = dict.fromkeys(IDS, honest) | {IDS[4]: other}  # device 5 got a doctored table
     with pytest.raises(SecAggIntegrityError, match="masks did not cancel"):
-        run_round(server, clients, inputs(), model_digests=digests)
+        aggregate_in_process(server, clients, inputs(), model_digests=digests)
     assert server.stage == "aborted"
 
 
@@ -248,7 +248,7 @@ def test_the_same_table_everywhere_sums_exactly() -> None:
     digest = model_digest({"t": np.arange(3.0)}, {"round": 1})
     server.model_digest = digest
     data = inputs()
-    result = run_round(server, clients, data, model_digests=dict.fromkeys(IDS, digest))
+    result = aggregate_in_process(server, clients, data, model_digests=dict.fromkeys(IDS, digest))
     want = sum(d["x"] for d in data.values())
     assert np.abs(result.sums["x"] - want).max() <= len(IDS) / QUANT.resolve(len(IDS)).segments[0].scale
 

@@ -1,4 +1,4 @@
-"""Rounds through run_secagg_round + handle_secagg over an in-memory transport."""
+"""Rounds through aggregate_round_by_stage + handle_secagg over an in-memory transport."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from fedrec.secagg import (
     SecAggProtocolError,
     SecAggServer,
     SecAggStateError,
+    aggregate_round_by_stage,
     check_payload,
     flatten_update,
     handle_secagg,
     quant_config_for,
     resolve_threshold,
-    run_secagg_round,
     unflatten_sums,
 )
 from fedrec.secagg.device_state import (
@@ -39,7 +39,7 @@ from fedrec.secagg.device_state import (
     stored_round,
     stored_stage,
 )
-from fedrec.secagg.inprocess import STAGES, Stage, run_round
+from fedrec.secagg.inprocess import STAGES, Stage, aggregate_in_process
 from fedrec.wire import (
     SECAGG_MASK,
     SECAGG_SETUP,
@@ -163,7 +163,7 @@ def assert_within_bound(
 def drive(
     net: Network, *, round_id: int = 1, threshold: int | float = 5, neighbours: int | str = "all", **kw: Any
 ) -> AggregateResult:
-    return run_secagg_round(
+    return aggregate_round_by_stage(
         net,
         security=None,
         round_id=round_id,
@@ -230,7 +230,7 @@ def reference(
     }
     inputs = {node: flatten_update(u) for node, u in updates.items()}
     try:
-        return run_round(server, clients, inputs, dropouts=drops)
+        return aggregate_in_process(server, clients, inputs, dropouts=drops)
     except SecAggAbort as exc:
         return str(exc)
 

@@ -39,7 +39,7 @@ from fedrec.secagg.device_state import (
     stored_stage,
     unpack,
 )
-from fedrec.secagg.inprocess import STAGES, Stage, build_cohort, run_round
+from fedrec.secagg.inprocess import STAGES, Stage, aggregate_in_process, build_cohort
 
 LAYOUT = QuantConfig(
     segments=(
@@ -283,7 +283,7 @@ def restored_round(
     drops: Mapping[int, Stage],
     minority: bool,
 ) -> AggregateResult:
-    """run_round, except that no client object outlives a stage: only its state arrays do."""
+    """aggregate_in_process, except that no client object outlives a stage: only its state arrays do."""
     states: dict[int, dict[str, np.ndarray]] = {}
     for node in server.setup.participants:
         rng, randbytes = sources[node]
@@ -364,7 +364,7 @@ def test_round_with_every_client_restored_between_stages_matches_run_round(sc: d
                     )
                     for node, (rng, randbytes) in sources.items()
                 }
-                result = run_round(server, clients, inputs, dropouts=sc["drops"])
+                result = aggregate_in_process(server, clients, inputs, dropouts=sc["drops"])
         except SecAggAbort as exc:
             outcomes.append(str(exc))
             continue

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fedrec.errors import SecAggConfigError, SecAggMessageError
-from fedrec.secagg import SegmentSpec, build_cohort, flatten_update, quant_config_for, run_round, unflatten_sums
+from fedrec.secagg import (
+    SegmentSpec,
+    aggregate_in_process,
+    build_cohort,
+    flatten_update,
+    quant_config_for,
+    unflatten_sums,
+)
 
 
 def update(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -23,7 +30,7 @@ def test_an_extra_segment_is_summed_securely_with_the_update() -> None:
     rng = np.random.default_rng(0)
     evals = {i: np.array([float(i), 0.5]) for i in ids}
     inputs = {i: flatten_update(update(rng), extra={"eval.sq_err": evals[i]}) for i in ids}
-    result = run_round(server, clients, inputs)
+    result = aggregate_in_process(server, clients, inputs)
     sums = unflatten_sums(result.sums, n_items=5, dim=2)
     assert sums["item_factors"].shape == (5, 2)
     assert np.abs(sums["eval.sq_err"] - sum(evals.values())).max() <= len(ids) / quant.segments[-1].scale

@@ -24,7 +24,7 @@ from fedrec.secagg import (
     UnmaskResponse,
 )
 from fedrec.secagg.crypto.shamir import ELEMENT_BYTES
-from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, build_cohort, run_round
+from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, aggregate_in_process, build_cohort
 
 LAYOUT = QuantConfig(
     segments=(
@@ -77,7 +77,7 @@ def one_round(
     )
     inputs = make_inputs(server.setup.quant, ids, seed)
     by_index = {ids[i]: stage for i, stage in (drops or {}).items()}
-    return run_round(server, clients, inputs, dropouts=by_index), server, inputs
+    return aggregate_in_process(server, clients, inputs, dropouts=by_index), server, inputs
 
 
 def test_complete_round_without_dropouts() -> None:
@@ -226,7 +226,7 @@ def test_secure_sum_matches_plain_sum_or_aborts(sc: dict[str, Any]) -> None:
     u1, u3, u4 = (planned(sc["ids"], drops, s) for s in ("advertise", "mask", "unmask"))
     must_abort = len(u4) <= t
     try:
-        result = run_round(server, clients, inputs, dropouts=drops)
+        result = aggregate_in_process(server, clients, inputs, dropouts=drops)
     except SecAggAbort:
         event("aborted")
         graph = server.graph  # fixed once the keys are in (empty when the round aborted before)
@@ -406,7 +406,7 @@ def test_round_trace_records_costs() -> None:
         reproducible_seed=1,
     )
     trace = RoundTrace()
-    run_round(server, clients, make_inputs(server.setup.quant, ids, 1), trace=trace)
+    aggregate_in_process(server, clients, make_inputs(server.setup.quant, ids, 1), trace=trace)
     assert set(trace.client_seconds) == set(STAGES)
     assert set(trace.server_seconds) == set(STAGES)
     assert trace.up_bytes[1] > 18 * 4 and trace.down_bytes[1] > 0

@@ -35,11 +35,11 @@ from fedrec.secagg import (
     handle_secagg_parts,
     protocol_round_id,
     quant_config_for,
-    run_trip,
+    send_trip,
     unflatten_sums,
 )
 from fedrec.secagg.device_state import PREFIX, last_round, live_rounds, stored_stage
-from fedrec.secagg.inprocess import STAGES, Stage, run_round
+from fedrec.secagg.inprocess import STAGES, Stage, aggregate_in_process
 from fedrec.secagg.schedule import RoundDriver
 from fedrec.wire import SECAGG_MASK, SECAGG_SETUP, SECAGG_SHARE, SECAGG_STAGES, SECAGG_UNMASK
 
@@ -148,7 +148,7 @@ class Devices:
         return delivered
 
 
-def run_rounds(devices: Devices, plans: list[RoundPlan], *, pipelined: bool = True) -> list[AggregateResult | str]:
+def sum_rounds(devices: Devices, plans: list[RoundPlan], *, pipelined: bool = True) -> list[AggregateResult | str]:
     pipeline = RoundPipeline()
     out: list[AggregateResult | str] = []
     for i, current in enumerate(plans):
@@ -177,7 +177,7 @@ def assert_within_bound(result: AggregateResult, number: int, quant: QuantConfig
 def test_steady_state_rounds_take_two_trips_and_sum_correctly() -> None:
     devices = Devices(IDS)
     plans = [plan(n, IDS) for n in (1, 2, 3, 4)]
-    results = run_rounds(devices, plans)
+    results = sum_rounds(devices, plans)
     assert [t for t in devices.trips] == [
         [("setup", 3)],
         [("share", 3)],
@@ -202,7 +202,7 @@ def test_steady_state_rounds_take_two_trips_and_sum_correctly() -> None:
 
 def test_without_pipelining_every_round_takes_four_trips() -> None:
     devices = Devices(IDS)
-    results = run_rounds(devices, [plan(n, IDS) for n in (1, 2)], pipelined=False)
+    results = sum_rounds(devices, [plan(n, IDS) for n in (1, 2)], pipelined=False)
     assert [len(t) for t in devices.trips] == [1] * 8
     assert [t[0] for trip in devices.trips for t in trip] == list(SECAGG_STAGES) * 2
     assert all(isinstance(r, AggregateResult) for r in results)
@@ -212,7 +212,7 @@ def test_without_pipelining_every_round_takes_four_trips() -> None:
 def test_a_node_in_one_cohort_only_gets_only_its_part() -> None:
     first, second = IDS[:6], IDS[2:]
     devices = Devices(IDS)
-    results = run_rounds(devices, [plan(1, first), plan(2, second)])
+    results = sum_rounds(devices, [plan(1, first), plan(2, second)])
     trip_a, trip_b = devices.messages[2], devices.messages[3]
     assert trip_a == {
         **{n: {SECAGG_MASK} for n in IDS[:2]},
@@ -230,7 +230,7 @@ def test_a_node_in_one_cohort_only_gets_only_its_part() -> None:
 def test_an_aborted_prestart_falls_back_to_its_own_setup_and_share() -> None:
     faults = {(2, SECAGG_SETUP, node): "refuse" for node in IDS[:5]}
     devices = Devices(IDS, faults=faults)
-    results = run_rounds(devices, [plan(1, IDS), plan(2, IDS), plan(3, IDS)])
+    results = sum_rounds(devices, [plan(1, IDS), plan(2, IDS), plan(3, IDS)])
     ids = [[rid for _, rid in trip] for trip in devices.trips]
     # The pre-start of round 2 (id 4) dies at setup; round 2 runs its own setup (id 5), which the same
     # faults abort too; round 3's pre-start (id 6) then runs its setup and share alone and is used.
@@ -242,7 +242,7 @@ def test_an_aborted_prestart_falls_back_to_its_own_setup_and_share() -> None:
 
 def test_a_prestart_lost_in_one_trip_only_succeeds_on_its_own() -> None:
     devices = Devices(IDS, offline={2: set(IDS[:5])})  # trip A of round 1: mask(1) and setup(2) lost
-    results = run_rounds(devices, [plan(1, IDS), plan(2, IDS)])
+    results = sum_rounds(devices, [plan(1, IDS), plan(2, IDS)])
     assert isinstance(results[0], str)
     assert isinstance(results[1], AggregateResult) and results[1].survivors == IDS
     assert [rid for trip in devices.trips for _, rid in trip if rid // 2 == 2] == [4, 5, 5, 5, 5]
@@ -253,7 +253,7 @@ def test_one_round_aborting_leaves_the_other_alone() -> None:
     faults = {(1, SECAGG_MASK, node): "silent" for node in IDS[:5]}
     faults |= {(2, SECAGG_SHARE, IDS[6]): "refuse"}
     devices = Devices(IDS, faults=faults)
-    results = run_rounds(devices, [plan(1, IDS), plan(2, IDS)])
+    results = sum_rounds(devices, [plan(1, IDS), plan(2, IDS)])
     assert isinstance(results[0], str) and "3 clients sent masked input" in results[0]
     assert isinstance(results[1], AggregateResult)
     assert results[1].survivors == [n for n in IDS if n != IDS[6]] and results[1].dropped == [IDS[6]]
@@ -286,7 +286,7 @@ def test_a_prestart_for_another_cohort_is_not_used() -> None:
 def test_rounds_at_the_same_stage_cannot_share_a_trip() -> None:
     a, b = (plan(n, IDS).driver(prestarted=False, strict=False, allow_minority_threshold=False) for n in (1, 2))
     with pytest.raises(SecAggConfigError, match="cannot share a trip"):
-        run_trip(Devices(IDS), [a, b])
+        send_trip(Devices(IDS), [a, b])
 
 
 def test_protocol_round_ids_increase_across_attempts() -> None:
@@ -335,7 +335,7 @@ def reference(plan_: RoundPlan, round_id: int, lost: Mapping[int, str]) -> Aggre
     inputs = {node: flatten_update(update(plan_.number, node)) for node in plan_.participants}
     drops = {node: CORE_STAGE[stage] for node, stage in lost.items()}
     try:
-        return run_round(server, clients, inputs, dropouts=drops)
+        return aggregate_in_process(server, clients, inputs, dropouts=drops)
     except SecAggAbort as exc:
         return str(exc)
 
@@ -380,7 +380,7 @@ def test_pipelined_rounds_end_as_each_round_alone_would(sc: dict[str, Any]) -> N
         for n, c in enumerate(sc["cohorts"])
     ]
     devices = Devices(sc["ids"], faults=sc["faults"], offline=sc["offline"])
-    results = run_rounds(devices, plans)
+    results = sum_rounds(devices, plans)
     assert devices.most_live <= 2
     for current, got in zip(plans, results, strict=True):
         final = max(rid for trip in devices.trips for _, rid in trip if rid // 2 == current.number)

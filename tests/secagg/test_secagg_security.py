@@ -25,7 +25,7 @@ from fedrec.secagg import (
     UnmaskRequest,
 )
 from fedrec.secagg.crypto.shamir import element_from_bytes
-from fedrec.secagg.inprocess import build_cohort, run_round
+from fedrec.secagg.inprocess import aggregate_in_process, build_cohort
 
 LAYOUT = QuantConfig(
     segments=(
@@ -397,7 +397,7 @@ def test_secrets_are_dropped_after_masking() -> None:
     server, clients = build_cohort(
         security=None, round_id=1, participants=ids, threshold=2, neighbours="all", quant=SMALL
     )
-    run_round(server, clients, {i: {"x": np.zeros(8)} for i in ids})
+    aggregate_in_process(server, clients, {i: {"x": np.zeros(8)} for i in ids})
     for client in clients.values():
         assert client._seed is None and client._s_key is None and client._c_key is None
         assert not client._share_keys and not client._mask_seeds

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.server.loop import Catalogue, run_on_grid, wait_for_nodes
+from fedrec.server.loop import Catalogue, train_over_grid, wait_for_nodes
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # type: ignore[attr-defined]
 from flwr.server.superlink.fleet.vce import vce_api
@@ -78,5 +78,5 @@ def test_too_few_nodes_stop_the_run_before_round_one(link: Any) -> None:
     _register(factory, 2)
     cfg = RunConfig.from_flat({"min-clients": 3, "round-timeout": 1.0, "synthetic.n-items": 10, "model.dim": 2})
     with pytest.raises(ConfigError, match=r"^min-clients: only 2 devices connected within 1s"):
-        run_on_grid(grid, cfg, Catalogue(10, (1.0, 5.0)))
+        train_over_grid(grid, cfg, Catalogue(10, (1.0, 5.0)))
     assert not state.message_ins_store

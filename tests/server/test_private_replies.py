@@ -16,7 +16,7 @@ import pytest
 from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import _send, run_on_grid, wait_for_nodes
+from fedrec.server.loop import _send, train_over_grid, wait_for_nodes
 from fedrec.server.records import downlink_record, global_record, train_content
 from fedrec.server.secure_eval import secure_evaluate
 from flwr.app import Context, Message
@@ -51,7 +51,7 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     def main(grid: Grid, context: Context) -> None:
         recording = RecordingGrid(grid)
         box["grid"] = recording
-        box["result"] = run_on_grid(recording, cfg, catalogue_for(cfg))
+        box["result"] = train_over_grid(recording, cfg, catalogue_for(cfg))
         state = box["result"].state
         nodes = sorted(grid.get_node_ids())
         content = train_content(global_record(state.glob), downlink_record(cfg, round_=9, global_mean=3.0))

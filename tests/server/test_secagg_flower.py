@@ -21,7 +21,7 @@ from fedrec.client.app import RunConfigMod, make_client_app
 from fedrec.client.device import simulation_source, train_device
 from fedrec.client.records import load_state
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import _train_round, run_on_grid, wait_for_nodes
+from fedrec.server.loop import _train_round, train_over_grid, wait_for_nodes
 from fedrec.server.secagg import SecureRounds, neighbours_for, secure_train_round, threshold_for
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -362,7 +362,7 @@ def test_dropouts_at_every_stage_and_an_aborted_round() -> None:
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     _simulate(main, flaky)
     history, rec = box["history"], box["grid"]
@@ -410,7 +410,7 @@ def test_pipelined_dropouts_in_either_round_at_every_stage(caplog: pytest.LogCap
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
         _simulate(main, flaky)
@@ -448,7 +448,7 @@ def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanl
 
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = WireGrid(grid)
-        box["history"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg)).history
+        box["history"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg)).history
 
     with caplog.at_level(logging.INFO, logger="fedrec"):
         _simulate(main, make_client_app(run_config=cfg))

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from fedrec.simulations.sweep import main, markdown, points, run_sweep
+from fedrec.simulations.sweep import main, markdown, measure_sweep, points
 
 
 def test_points_cover_units_and_epsilons() -> None:
@@ -17,7 +17,7 @@ def test_points_cover_units_and_epsilons() -> None:
 
 
 def test_quick_sweep_writes_table_and_plot(tmp_path: Path) -> None:
-    rows = run_sweep({}, tmp_path, quick=True, epsilons=[8.0, math.inf])
+    rows = measure_sweep({}, tmp_path, quick=True, epsilons=[8.0, math.inf])
     files = {p.name for p in tmp_path.iterdir()}
     assert {"sweep.csv", "sweep.md", "sweep.png"} <= files and (tmp_path / "sweep.png").stat().st_size > 1000
     table = list(csv.DictReader((tmp_path / "sweep.csv").open()))

@@ -11,7 +11,7 @@ import torch
 
 from fedrec.data.interactions import Dataset, Interactions
 from fedrec.errors import ConfigError
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig, ServerState
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig
@@ -141,7 +141,7 @@ def test_wrmf_server_refuses_sums_without_its_segments() -> None:
 def test_federated_wrmf_learns_on_synthetic(small_implicit: Dataset) -> None:
     model = replace(WRMF, dim=8, reg=1.0)
     fed = FedConfig(rounds=6, eval_every=6, server=ServerOptConfig(name="sgd", lr=0.6))
-    fed_hr = run_reference(small_implicit, model, fed)[1][-1]["hr@10"]
+    fed_hr = train_in_process(small_implicit, model, fed)[1][-1]["hr@10"]
     fitted = train_central(small_implicit.train, model, CentralConfig(epochs=6))
     central_hr = evaluate(small_implicit, "R1", predict=fitted.predict, score_block=fitted.score_block)["hr@10"]
     assert fed_hr >= 0.8 * central_hr > 0

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fedrec.data.interactions import Dataset
 from fedrec.errors import ConfigError
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig, prior_mean, sample_cohort
 from fedrec.model.mf import MFConfig
 from fedrec.model.params import GlobalParams, LocalParams
@@ -122,7 +122,7 @@ def test_prior_mean_is_public() -> None:
 
 
 def test_reference_loop_learns_explicit(small_explicit: Dataset) -> None:
-    _, history = run_reference(small_explicit, MFConfig(dim=8, reg=0.1, bias_reg=0.1),
+    _, history = train_in_process(small_explicit, MFConfig(dim=8, reg=0.1, bias_reg=0.1),
                                FedConfig(rounds=15, eval_every=5, local=LocalConfig(steps=5, lr=0.1)))
     assert history[-1]["rmse"] < history[0]["rmse"]
     assert history[-1]["rmse"] < 0.9

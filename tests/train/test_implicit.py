@@ -11,7 +11,7 @@ import torch
 from fedrec.data.interactions import Dataset
 from fedrec.data.registry import load_dataset
 from fedrec.errors import ConfigError
-from fedrec.federated.reference import run_reference
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig
 from fedrec.metrics.evaluate import evaluate
 from fedrec.model.mf import MFConfig, recency_weights
@@ -246,9 +246,9 @@ def test_reference_loop_hands_each_device_its_timestamps(small_implicit: Dataset
     stamps = small_implicit.train.timestamps
     reversed_time = Dataset(small_implicit.name, replace(small_implicit.train, timestamps=stamps.max() - stamps),
                             small_implicit.test, None)
-    plain, _ = run_reference(small_implicit, MFConfig(**base), fed)  # type: ignore[arg-type]
-    recent, history = run_reference(small_implicit, MFConfig(**base, recency_boost=4.0), fed)  # type: ignore[arg-type]
-    flipped, _ = run_reference(reversed_time, MFConfig(**base, recency_boost=4.0), fed)  # type: ignore[arg-type]
+    plain, _ = train_in_process(small_implicit, MFConfig(**base), fed)  # type: ignore[arg-type]
+    recent, history = train_in_process(small_implicit, MFConfig(**base, recency_boost=4.0), fed)  # type: ignore[arg-type]
+    flipped, _ = train_in_process(reversed_time, MFConfig(**base, recency_boost=4.0), fed)  # type: ignore[arg-type]
     assert not np.allclose(plain.glob.item_factors, recent.glob.item_factors)
     assert not np.allclose(recent.glob.item_factors, flipped.glob.item_factors)
     assert history[-1]["hr@10"] > 2 * 10 / small_implicit.n_items
