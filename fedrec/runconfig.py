@@ -150,9 +150,9 @@ class RunConfig:
     def for_population(self, population: int) -> RunConfig:
         """This configuration for ``population`` devices: distributed noise's ``t_min`` resolved.
 
-        The server calls it once it knows the connected devices and sends the
-        result in every downlink: a device cannot work ``t_min`` out, as it
-        does not know the population. Unchanged for other modes, or when
+        The server calls it once it knows the connected devices and sends
+        ``t_min`` in every downlink (``fedrec.wire.CFG_MIN_SURVIVORS``): a device
+        cannot work it out, as it does not know the population. Unchanged for other modes, or when
         ``dp.min-survivors`` is given.
         """
         t_min = min_survivors(self, population)

@@ -71,7 +71,7 @@ def train_over_grid(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir
     """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)
     size = cfg.fed.cohort_size(len(nodes))
-    cfg = cfg.for_population(len(nodes))  # what every downlink carries (t_min of distributed noise)
+    cfg = cfg.for_population(len(nodes))  # its t_min (distributed noise) and digest ride in every downlink
     privacy = server_policy(cfg.privacy_plan(), population=len(nodes))
     state = _initial_state(cfg, catalogue, run_dir, resume, privacy)
     result = RunResult(state)

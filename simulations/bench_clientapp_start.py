@@ -19,7 +19,8 @@ import flwr.supernode.cli.flwr_clientapp
 t1 = time.perf_counter()
 import client.app, client.secagg
 t2 = time.perf_counter()
-from fedrec.runconfig import RunConfig, load_run_dataset
+from fedrec.data.spec import load_run_dataset
+from fedrec.runconfig import RunConfig
 cfg = RunConfig.from_flat({"synthetic.n-users": 5, "synthetic.n-items": 20, "model.dim": 4,
                            "secagg.enabled": True, "dp.unit": "user", "dp.noise-multiplier": 1.0, "dp.delta": 0.01})
 load_run_dataset(cfg.data)

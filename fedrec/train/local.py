@@ -34,7 +34,7 @@ from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM
 
 @dataclass(frozen=True)
 class LocalConfig:
-    """Settings of one local step (sent by the server in each round's config).
+    """Settings of one local step (``local.*`` of the run configuration every device holds).
 
     Attributes
     ----------
