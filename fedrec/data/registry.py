@@ -119,7 +119,7 @@ def load_dataset(
 
 def _synthetic(config: SyntheticConfig, protocol: str, fold: int | str, split: SplitSpec) -> Dataset:
     if split.kind == "protocol":
-        return synthetic_dataset(config, protocol, fold=_numeric_fold(fold), k=N_FOLDS)  # type: ignore[arg-type]
+        return synthetic_dataset(config, protocol, fold=_numeric_fold(fold), k=N_FOLDS)  # type: ignore[arg-type]  # E1 or R1, checked by load_dataset
     if protocol == "E1" and config.implicit:
         raise ConfigError("protocol E1 predicts ratings; the synthetic config is implicit "
                           "(set synthetic.implicit=false or use protocol R1)")

@@ -119,6 +119,6 @@ def shared_run_dataset(spec: DataSpec) -> MappedDataset:
         key["data"] = source_fingerprint(Path(data_dir)) if data_dir else ""
     _MAPPED_CACHE.clear()
     _MAPPED_CACHE[spec] = mapped_dataset(key, lambda: load_dataset(
-        spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
+        spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]  # E1 or R1, checked by runconfig
         fold=spec.fold, synthetic=spec.synthetic, csv=spec.csv, split=spec.split))
     return _MAPPED_CACHE[spec]

@@ -68,7 +68,7 @@ def pack_state(state: Mapping[str, np.ndarray]) -> bytes:
     for name, arr in arrays.items():
         if arr.dtype.hasobject:
             raise CheckpointError(f"device state: array {name!r} has dtype object, which cannot be stored")
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds like allow_pickle: bool
     return buf.getvalue()
 
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     per_fold = []
     for fold in folds:
         t0 = time.perf_counter()
-        data = load_dataset(spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]
+        data = load_dataset(spec.dataset, data_dir=spec.data_dir or None, protocol=spec.protocol,  # type: ignore[arg-type]  # E1/R1, checked by runconfig
                             fold=fold, synthetic=spec.synthetic, csv=spec.csv, split=spec.split)
         check_recency(data, recency_boost=model.recency_boost)
         fitted = train_central(data.train, model, trainer)
