@@ -21,13 +21,18 @@ from .secagg import register_secagg, simulation_identities
 from .secure_eval import register_secure_eval
 
 
-def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None) -> ClientApp:
-    """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods."""
+def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None,
+                    seeded_noise: bool = False) -> ClientApp:
+    """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods.
+
+    ``seeded_noise`` (simulations only) makes DP noise a function of the run's
+    seed (:func:`~.device.train_device`); the deployed ``app`` leaves it off.
+    """
     app = ClientApp(mods=mods)
-    app.train()(TrainHandler(source))
+    app.train()(TrainHandler(source, seeded_noise=seeded_noise))
     app.evaluate()(EvaluateHandler(source))
     identities = simulation_identities()  # one authority for both kinds of secure round
-    register_secagg(app, source, identities)
+    register_secagg(app, source, identities, seeded_noise=seeded_noise)
     register_secure_eval(app, source, identities)
     return app
 
