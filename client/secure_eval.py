@@ -113,7 +113,7 @@ class SecureEvalHandler:
         state = load_eval_state(context)
         setup = parts.get(wire.SECAGG_SETUP)
         if setup is not None:
-            size = [_count(setup.get("threshold", 0)), len(setup.get("participants", ()))]
+            size = [_count(setup.get("threshold", 0)), len(set(setup.get("participants", ())))]  # distinct ids
             if floor is not None:  # before any key is advertised: the round never starts on this device
                 check_eval_size(size[0], size[1], floor=floor, where=f"this device's {wire.NODE_EVAL_MIN_COHORT}")
             state[_SETUP_SIZE] = np.array(size, np.int64)

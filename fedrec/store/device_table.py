@@ -24,7 +24,8 @@ of the WAL, the database file and their folder, so every row that checkpoint
 refers to (each device writes its row before it replies) is on disk before the
 checkpoint is, power loss included. One fsync per round instead of one per row
 (``synchronous = FULL``): ``python -m simulations.bench_device_table`` measured
-FULL at 2.8 to 6x NORMAL's time per row, the per-round sync at 5 to 10 ms.
+FULL at 2.6 to 7.4 times NORMAL's write time per row, the per-round sync at 5 to
+10 ms (README, "Checkpoints and --resume").
 
 Secure-aggregation round state (keys and shares of a round in progress) is not
 persisted: a resumed run restarts the interrupted round from its setup with
