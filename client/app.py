@@ -31,7 +31,8 @@ from .secure_eval import register_secure_eval
 
 
 def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None,
-                    run_config: RunConfig | Sequence[RunConfig] | None = None) -> ClientApp:
+                    run_config: RunConfig | Sequence[RunConfig] | None = None,
+                    seeded_noise: bool = False) -> ClientApp:
     """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods.
 
     Devices read the run's configuration from ``context.run_config``, where
@@ -39,14 +40,17 @@ def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] |
     gives ClientApps an empty one, so a simulated run passes its ``run_config``
     here and a :class:`RunConfigMod` hands it to every device (a benchmark that
     switches between configurations within one simulation passes them all).
+
+    ``seeded_noise`` (simulations only) makes DP noise a function of the run's
+    seed (:func:`~.device.train_device`); the deployed ``app`` leaves it off.
     """
     configs = [run_config] if isinstance(run_config, RunConfig) else list(run_config or [])
     outer: list[Mod] = [RunConfigMod.of(configs)] if configs else []
     app = ClientApp(mods=[*outer, *(mods or [])])
-    app.train()(TrainHandler(source))
+    app.train()(TrainHandler(source, seeded_noise=seeded_noise))
     app.evaluate()(EvaluateHandler(source))
     identities = simulation_identities()  # one authority for both kinds of secure round
-    register_secagg(app, source, identities)
+    register_secagg(app, source, identities, seeded_noise=seeded_noise)
     register_secure_eval(app, source, identities)
     return app
 

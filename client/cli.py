@@ -74,6 +74,12 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         if any(entry.strip().startswith(f"{wire.NODE_IDENTITY}=") for entry in args.node_config):
             raise DeployError(f"--identity and --node-config {wire.NODE_IDENTITY}=...: give the identity once")
         node_config.append(f'{wire.NODE_IDENTITY}="{args.identity.resolve()}"')
+    if args.eval_min_cohort is not None:
+        if args.eval_min_cohort < 2:
+            raise DeployError(f"--eval-min-cohort: must be >= 2, got {args.eval_min_cohort}")
+        if any(entry.strip().startswith(f"{wire.NODE_EVAL_MIN_COHORT}=") for entry in args.node_config):
+            raise DeployError(f"--eval-min-cohort and --node-config {wire.NODE_EVAL_MIN_COHORT}=...: give it once")
+        node_config.append(f"{wire.NODE_EVAL_MIN_COHORT}={args.eval_min_cohort}")
     exe = Path(sys.executable).parent / "flower-supernode"
     cmd = [str(exe) if exe.exists() else "flower-supernode", "--superlink", args.superlink,
            "--root-certificates", str(args.ca), "--auth-supernode-private-key", str(args.key),
@@ -144,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--store-key-file", type=Path, help="file holding the store's key (readable by the app only)")
     join.add_argument("--identity", type=Path, metavar="DIR",
                       help="this device's secure-aggregation identity folder (devices/NAME.identity)")
+    join.add_argument("--eval-min-cohort", type=int, metavar="N",
+                      help="refuse secure evaluations of fewer than N devices (default 5, at least 2)")
     join.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
                       help="extra node configuration (repeatable)")
     join.add_argument("--home", type=Path, help="SuperNode working folder (default next to the key)")

@@ -53,15 +53,18 @@ def device_source(context: Context, cfg: RunConfig) -> InteractionSource:
 
 class TrainHandler:
     """Plain training round. A module-level class, not a closure: the simulation ships the app to
-    its workers with every message, and a closure costs about a millisecond to pickle each time."""
+    its workers with every message, and a closure costs about a millisecond to pickle each time.
 
-    def __init__(self, source: SourceProvider) -> None:
-        self.source = source
+    ``seeded_noise``: see :func:`train_device`.
+    """
+
+    def __init__(self, source: SourceProvider, *, seeded_noise: bool = False) -> None:
+        self.source, self.seeded_noise = source, seeded_noise
 
     def __call__(self, msg: Message, context: Context) -> Message:
         refuse_plain_under_secagg(msg, context)
         state = load_state(context)
-        out = train_device(msg, context, state, self.source)
+        out = train_device(msg, context, state, self.source, seeded_noise=self.seeded_noise)
         save_state(context, state)
         return Message(update_content(out.update, out.metrics), reply_to=msg)
 
@@ -96,13 +99,22 @@ def refuse_plain_under_secagg(msg: Message, context: Context) -> Downlink:
     return down
 
 
-def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider) -> DeviceRound:
-    """Train the device's users on the downlink table; the plain and the secure train paths both call this."""
+def train_device(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider, *,
+                 seeded_noise: bool = False) -> DeviceRound:
+    """Train the device's users on the downlink table; the plain and the secure train paths both call this.
+
+    ``seeded_noise`` draws the DP noise (and rating-level batch sampling) from
+    streams of the run's ``seed``, round and device, as the reference loop
+    does: a simulation's ClientApp sets it (``simulations/runner.py``), so a
+    run is reproducible and a resumed run continues exactly. It is the
+    ClientApp's choice, never the downlink's: the deployed app leaves it off
+    (fresh OS entropy), and ``dp.secure-mode`` ignores it.
+    """
     down = parse_downlink(msg, context)
     cfg = down.cfg
     return device_train(source(context, cfg), state, down.glob, model=cfg.model, local=cfg.fed.local,
                         seed=cfg.fed.seed, round_=down.round, privacy=cfg.privacy_plan(),
-                        user_offset=stream_offset(context, cfg, state))
+                        user_offset=stream_offset(context, cfg, state), seeded_noise=seeded_noise)
 
 
 def stream_offset(context: Context, cfg: RunConfig, state: dict[str, np.ndarray]) -> int:

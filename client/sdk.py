@@ -43,7 +43,7 @@ from fedrec.recommend.stream import FoldInConfig, user_factor
 from fedrec.recommend.topk import ANN_THRESHOLD, Recommendation, TopK
 from fedrec.store.artifact import ModelArtifact, load_public_key, verify_model
 from fedrec.store.device_store import DeviceStore, Interaction
-from fedrec.wire import NODE_IDENTITY, NODE_KEY_FILE, NODE_STORE, STATE_PRIVACY
+from fedrec.wire import NODE_EVAL_MIN_COHORT, NODE_IDENTITY, NODE_KEY_FILE, NODE_STORE, STATE_PRIVACY
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ class Device:
     # ---------------------------------------------------------------- training
     def supernode_command(self, *, superlink: str, key_file: str | Path, root_certificates: str | Path | None = None,
                           insecure: bool = False, auth_key: str | Path | None = None,
-                          runtime_port: int | None = None, identity: str | Path | None = None) -> list[str]:
+                          runtime_port: int | None = None, identity: str | Path | None = None,
+                          eval_min_cohort: int | None = None) -> list[str]:
         """The ``flower-supernode`` command line that trains this device's store.
 
         Exactly one of ``root_certificates`` (TLS, the deployment default) or
@@ -281,6 +282,10 @@ class Device:
         ``identity`` is the device's secure-aggregation identity folder
         (``identity.pem``, ``identity.cert``, ``authority.pub``), passed as node
         config ``secagg-identity``; without it the device refuses secure rounds.
+        ``eval_min_cohort`` is the device's floor for a secure evaluation's
+        threshold (node config ``secagg-eval-min-cohort``; default the app's
+        5): the device refuses to let the server unmask the evaluation sums of
+        fewer devices, whatever the run configuration says.
         """
         if (root_certificates is None) == (not insecure):
             raise ConfigError("join: give root_certificates=PATH (TLS) or insecure=True, exactly one")
@@ -295,12 +300,17 @@ class Device:
                        f'{NODE_KEY_FILE}="{Path(key_file).resolve()}"']
         if identity is not None:
             node_config.append(f'{NODE_IDENTITY}="{Path(identity).resolve()}"')
+        if eval_min_cohort is not None:
+            if isinstance(eval_min_cohort, bool) or not isinstance(eval_min_cohort, int) or eval_min_cohort < 2:
+                raise ConfigError(f"join: eval_min_cohort must be an integer >= 2, got {eval_min_cohort!r}")
+            node_config.append(f"{NODE_EVAL_MIN_COHORT}={eval_min_cohort}")
         cmd += ["--node-config", " ".join(node_config)]
         return cmd
 
     def join(self, *, superlink: str, key_file: str | Path, root_certificates: str | Path | None = None,
              insecure: bool = False, auth_key: str | Path | None = None, runtime_port: int | None = None,
-             log_file: str | Path | None = None, identity: str | Path | None = None) -> subprocess.Popen[bytes]:
+             log_file: str | Path | None = None, identity: str | Path | None = None,
+             eval_min_cohort: int | None = None) -> subprocess.Popen[bytes]:
         """Start a Flower SuperNode for this device (a child process in its own process group).
 
         The caller stops it with ``os.killpg(proc.pid, signal.SIGTERM)``. The
@@ -312,7 +322,7 @@ class Device:
             check_identity(Path(identity))
         cmd = self.supernode_command(superlink=superlink, key_file=key_file, root_certificates=root_certificates,
                                      insecure=insecure, auth_key=auth_key, runtime_port=runtime_port,
-                                     identity=identity)
+                                     identity=identity, eval_min_cohort=eval_min_cohort)
         out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
         log.info("device: starting %s", " ".join(cmd))
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -106,15 +106,17 @@ def _file_trust(folder: str) -> DeviceTrust:
     return _FILE_TRUST[folder]
 
 
-def register_secagg(app: ClientApp, source: SourceProvider, identities: IdentityProvider | None = None) -> None:
+def register_secagg(app: ClientApp, source: SourceProvider, identities: IdentityProvider | None = None, *,
+                    seeded_noise: bool = False) -> None:
     """Register the secure-aggregation handler (message type ``train.secagg``) on ``app``.
 
     ``identities`` defaults to a fresh simulation authority (used by simulated
     devices only; deployed devices name their identity folder in the node config).
+    ``seeded_noise``: see :func:`~.device.train_device`.
     """
     category, action = wire.MSG_SECAGG.split(".")
     assert category == "train"
-    app.train(action)(SecAggHandler(source, identities or simulation_identities()))
+    app.train(action)(SecAggHandler(source, identities or simulation_identities(), seeded_noise))
 
 
 def simulation_identities() -> IdentityProvider:
@@ -133,12 +135,14 @@ class SecAggHandler:
 
     source: SourceProvider
     identities: IdentityProvider
+    seeded_noise: bool = False
 
     def __call__(self, msg: Message, context: Context) -> Message:
         parts = message_parts(msg)
         state = load_state(context)
         metrics: dict[str, Any] = {}
-        segments = _trainer(msg, context, state, self.source, metrics) if wire.SECAGG_MASK in parts else None
+        segments = (_trainer(msg, context, state, self.source, metrics, seeded_noise=self.seeded_noise)
+                    if wire.SECAGG_MASK in parts else None)
         digest = downlink_digest(dict(msg.content.items())) if wire.SECAGG_MASK in parts else None
         try:
             trust = self.identities(context)
@@ -153,11 +157,11 @@ class SecAggHandler:
 
 
 def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], source: SourceProvider,
-             metrics: dict[str, Any]) -> Callable[[], dict[str, np.ndarray]]:
+             metrics: dict[str, Any], *, seeded_noise: bool) -> Callable[[], dict[str, np.ndarray]]:
     """``segments()`` for the mask part: train the device's users on the downlink table, flatten the update."""
 
     def segments() -> dict[str, np.ndarray]:
-        out = train_device(msg, context, state, source)
+        out = train_device(msg, context, state, source, seeded_noise=seeded_noise)
         metrics.update(out.metrics)
         return flatten_update(out.update.segments())
 

@@ -77,6 +77,7 @@ STATE_RESTORED = "fedrec.restored"  # marks a simulated device whose persisted s
 NODE_STORE = "store"  # path of the device's encrypted store
 NODE_KEY_FILE = "key-file"  # file holding the store key (hex), readable by the app user only
 NODE_IDENTITY = "secagg-identity"  # folder of the device's secure-aggregation identity (identity.pem, ...)
+NODE_EVAL_MIN_COHORT = "secagg-eval-min-cohort"  # the device's own floor for a secure evaluation's threshold
 # Set by Flower's simulation engine (never by 'fedrec device join'): together they mark a simulated device.
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"

@@ -37,6 +37,7 @@ from fedrec.metrics.core import MetricSums
 from fedrec.runconfig import RunConfig
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from fedrec.store.device_table import DEVICE_STATE_FILE, sync_table
 from fedrec.train.aggregate import RoundSums
 
 from .records import downlink_record, global_record, metric_values, train_content, update_arrays
@@ -215,6 +216,7 @@ def _record(run_dir: Path | None, state: ServerState, cfg: RunConfig, row: dict[
     """Checkpoint, then the metrics line (with the checkpoint's cost), then the log line."""
     if run_dir is not None:
         saved = time.perf_counter()
+        sync_table(run_dir / DEVICE_STATE_FILE)  # the device rows of this round reach the disk before it
         # the round's row rides in the checkpoint: a crash between the two writes loses no metrics line
         save_checkpoint(run_dir / CHECKPOINT, state,
                         extra={"config": dict(cfg.flat), "privacy": privacy_state, "row": dict(row)})

@@ -122,7 +122,7 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
         server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results,
                                    errors=errors),
         client_app=client_app if client_app is not None else make_client_app(mods=[PersistDeviceState(str(table))],
-                                                                              run_config=cfg),
+                                                                              run_config=cfg, seeded_noise=True),
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
                         "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose,

@@ -130,6 +130,12 @@ def test_supernode_command_line(tmp_path: Path) -> None:
                                               identity=tmp_path / "d.identity")
         assert with_identity[-1] == (f'store="{(tmp_path / "u.fedrec").resolve()}" key-file="{key_file.resolve()}" '
                                      f'secagg-identity="{(tmp_path / "d.identity").resolve()}"')
+        floor = dev.supernode_command(superlink="10.0.0.1:9092", key_file=key_file, insecure=True, eval_min_cohort=8)
+        assert floor[-1].endswith(" secagg-eval-min-cohort=8")
+        for bad in (1, True, 2.5):
+            with pytest.raises(ConfigError, match="eval_min_cohort must be an integer >= 2"):
+                dev.supernode_command(superlink="x:1", key_file=key_file, insecure=True,
+                                      eval_min_cohort=bad)  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="exactly one"):
             dev.supernode_command(superlink="x:1", key_file=key_file)
         with pytest.raises(DeployError, match="d.identity: identity folder not found"):

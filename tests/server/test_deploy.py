@@ -95,7 +95,8 @@ class Deployment:
     def join(self, i: int, *, key: Path | None = None, ca: Path | None = None) -> int:
         cmd = [sys.executable, "-m", "fedrec.cli", "device", "join", "--superlink", f"127.0.0.1:{self.port}",
                "--ca", str(ca or self.state / "tls" / "ca.pem"),
-               "--key", str(key or self.state / "devices" / f"device-{i}.key"), "--partition-id", str(i)]
+               "--key", str(key or self.state / "devices" / f"device-{i}.key"), "--partition-id", str(i),
+               "--eval-min-cohort", "3"]  # each device's own floor: RUN's secagg.eval-min-cohort cannot lower it
         identity = self.state / "devices" / f"device-{i}.identity"
         if key is None and identity.exists():  # enrolled by 'server keys': secure aggregation needs it
             cmd += ["--identity", str(identity)]

@@ -4,9 +4,10 @@ Each scenario runs the real ``fedrec simulate`` three times in subprocesses:
 uninterrupted, killed with SIGKILL (its whole process group, Ray workers
 included) once round 2's metrics line is written, and resumed from that run
 folder. The resumed run must report the same total rounds, the same epsilon,
-every device's persisted state (user factors, accountants) as the
-uninterrupted run's and, without DP noise (which is fresh OS entropy on a
-device), the same final metrics.
+the same final metrics and every device's persisted state (user factors,
+accountants) as the uninterrupted run's: a simulation's devices draw their DP
+noise from streams of the run's seed, so with the same seed the DP runs are
+exact replays too.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ N_DEVICES = 6
 ROUNDS = 4
 BASE = ["--set", f"synthetic.n-users={N_DEVICES}", "--set", "synthetic.n-items=30", "--set", "model.dim=4",
         "--rounds", str(ROUNDS), "--set", "eval-every=1"]
-RATING_DP = ["--set", "dp.unit=rating", "--set", "dp.epsilon=6", "--set", "strategy.server-lr=5.0"]
+# the public rating-level schedule: every rating in a step's batch with probability dp.rating-rate
+RATING_DP = ["--set", "dp.unit=rating", "--set", "dp.epsilon=6", "--set", "dp.rating-rate=0.25",
+             "--set", "strategy.server-lr=5.0"]
+USER_DP = ["--set", "dp.unit=user", "--set", "dp.epsilon=20", "--set", "dp.delta=1e-3"]
 
 
 def _env() -> dict[str, str]:
@@ -94,26 +98,41 @@ def _scenario(tmp_path: Path, extra: list[str]) -> tuple[dict[str, Any], dict[st
     return expected, resumed, whole, broken
 
 
-@pytest.mark.slow
-def test_plain_run_killed_and_resumed_ends_with_the_same_model(tmp_path: Path) -> None:
-    expected, resumed, whole, broken = _scenario(tmp_path, [])
+def _same_end(expected: dict[str, Any], resumed: dict[str, Any], whole: Path, broken: Path) -> None:
+    """Same final metrics and epsilon; every device's persisted state equal, array by array."""
     for key in ("rmse", "mae"):
-        assert resumed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9)
+        assert resumed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+    if "epsilon" in expected:
+        assert resumed["epsilon"] == pytest.approx(expected["epsilon"], rel=1e-9)
     a, b = _device_states(whole), _device_states(broken)
     for device in a:
-        assert set(a[device]) == set(b[device])
+        assert set(a[device]) == set(b[device]), device
         for key in a[device]:
-            np.testing.assert_allclose(b[device][key], a[device][key], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(b[device][key], a[device][key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.slow
+def test_plain_run_killed_and_resumed_ends_with_the_same_model(tmp_path: Path) -> None:
+    _same_end(*_scenario(tmp_path, []))
 
 
 @pytest.mark.slow
 def test_rating_level_run_killed_and_resumed_spends_the_same_budget(tmp_path: Path) -> None:
-    """Every device's accountant continues: the same steps recorded, the same epsilon."""
+    """Every device's accountant continues (the same steps recorded), the same epsilon, the same model."""
     expected, resumed, whole, broken = _scenario(tmp_path, RATING_DP)
-    assert resumed["epsilon"] == pytest.approx(expected["epsilon"], rel=1e-9)
+    assert expected["epsilon"] > 0 and expected["dp_unit"] == "rating"
+    _same_end(expected, resumed, whole, broken)
     a, b = _device_states(whole), _device_states(broken)
     for device in a:
         accountants = sorted(k for k in a[device] if k.endswith(".accountant"))
         assert accountants and accountants == sorted(k for k in b[device] if k.endswith(".accountant"))
         for key in accountants:
             assert json.loads(a[device][key].tobytes()) == json.loads(b[device][key].tobytes())
+
+
+@pytest.mark.slow
+def test_user_level_run_killed_and_resumed_ends_with_the_same_model(tmp_path: Path) -> None:
+    """The server's accountant and noise stream are in the checkpoint: the same epsilon and the same model."""
+    expected, resumed, whole, broken = _scenario(tmp_path, USER_DP)
+    assert expected["epsilon"] > 0 and expected["dp_unit"] == "user"
+    _same_end(expected, resumed, whole, broken)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,14 @@ from device_state_contract import DeviceStateContract
 
 from fedrec.errors import CheckpointError
 from fedrec.secagg.device_state import PREFIX as SECAGG_STATE_PREFIX
-from fedrec.store.device_table import KEEP, ROUND_SCOPED_PREFIXES, DeviceStateTable, persisted, remove_table
+from fedrec.store.device_table import (
+    KEEP,
+    ROUND_SCOPED_PREFIXES,
+    DeviceStateTable,
+    persisted,
+    remove_table,
+    sync_table,
+)
 
 
 class TestRoundStore(DeviceStateContract):
@@ -103,3 +115,50 @@ def test_remove_table_starts_afresh(tmp_path: Path) -> None:
     remove_table(path)
     assert not list(tmp_path.iterdir())
     assert DeviceStateTable(path).read("0") is None
+
+
+_WRITER = """
+import sys
+import numpy as np
+from fedrec.store.device_table import DeviceStateTable
+table = DeviceStateTable(sys.argv[1])
+print("open", flush=True)
+for device in range(int(sys.argv[2]), 10**9):
+    table.write(str(device), 4, {"user.0.factor": np.full(4, device, np.float32)})
+    print(device, flush=True)
+"""
+
+
+def test_kill_9_loses_no_acknowledged_row(tmp_path: Path) -> None:
+    """A row whose ``write`` returned (the device then replies) survives SIGKILL of the writer."""
+    path = tmp_path / "d.sqlite"
+    acked: set[int] = set()
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(attempt * 10**6)],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+            time.sleep(0.2 + 0.1 * attempt)
+            os.killpg(proc.pid, signal.SIGKILL)
+            out = proc.communicate(timeout=30)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        acked |= {int(x) for x in out.split()}
+        table = DeviceStateTable(path)
+        missing = [d for d in sorted(acked) if table.read(str(d)) is None]
+        table.close()
+        assert not missing, f"kill {attempt}: acknowledged rows lost: {missing[:5]}"
+    assert len(acked) > 4
+    sync_table(path)  # the server's per-checkpoint sync over rows another process committed
+
+
+def test_rows_are_written_with_the_chosen_sync_setting(tmp_path: Path) -> None:
+    table = DeviceStateTable(tmp_path / "d.sqlite")
+    table.write("0", 1, _state(1))
+    assert table._db().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL; sync_table per checkpoint
+    assert DeviceStateTable(tmp_path / "f.sqlite", synchronous="FULL")._db().execute(
+        "PRAGMA synchronous").fetchone()[0] == 2
+    with pytest.raises(CheckpointError, match="synchronous must be one of"):
+        DeviceStateTable(tmp_path / "x.sqlite", synchronous="OFF")
+    sync_table(tmp_path / "absent.sqlite")  # no simulated devices: nothing to sync
