@@ -158,7 +158,7 @@ KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
     "downlink.dtype": (RunConfig, "downlink"),
     **{f"model.{name.replace('_', '-')}": (MFConfig, name) for name in
        ("dim", "reg", "bias_reg", "init_std", "negatives", "loss", "neg_weight", "recency_boost", "recency_scale",
-        "confidence")},
+        "confidence", "pop_exponent")},
     **{f"local.{name.replace('_', '-')}": (LocalConfig, name) for name in ("steps", "lr", "user_lr", "fold_in")},
     "strategy.averaging": (FedConfig, "averaging"), "strategy.optimizer": (ServerOptConfig, "name"),
     "strategy.server-lr": (ServerOptConfig, "lr"),
@@ -423,7 +423,8 @@ def _model(flat: Mapping[str, Scalar]) -> MFConfig:
                     neg_weight=_get(flat, "model.neg-weight", float),
                     recency_boost=_get(flat, "model.recency-boost", float),
                     recency_scale=_get(flat, "model.recency-scale", float),
-                    confidence=_get(flat, "model.confidence", float))
+                    confidence=_get(flat, "model.confidence", float),
+                    pop_exponent=_get(flat, "model.pop-exponent", float))
 
 
 def _fed(flat: Mapping[str, Scalar]) -> FedConfig:
