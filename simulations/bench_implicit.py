@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             sd = f" (sd {row['hr@10_sd']:.4f} over {len(row['hr@10_seeds'])} starts)" if "hr@10_sd" in row else ""
             print(f"{res['dataset']:<14} {name:<18} {row['hr@10']:>7.4f} {row['ndcg@10']:>8.4f} {fit:>7} {rnd:>8}{sd}")
         print(f"{'':<14} targets: {res['targets']}")
+        print(f"{'':<14} choices: {json.dumps(res['choice'])}")
     return 0
 
 

@@ -134,9 +134,15 @@ class ServerState:
         """Round 0 of a run over ``n_items`` items; ``global_mean`` is ``mu`` (:func:`prior_mean` in a run)."""
         glob = GlobalParams.init(n_items, model.dim, init_std=model.init_std, global_mean=global_mean,
                                  seed=fed.seed)
-        wrmf = model.reg if model.kind == "implicit" and model.loss == "wrmf" else None
-        return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed), wrmf,
-                   model.pop_exponent if wrmf is not None else 0.0)
+        state = cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed))
+        state.set_model(model)
+        return state
+
+    def set_model(self, model: MFConfig) -> None:
+        """The model-specific item step (``"wrmf"``); also after a checkpoint, which holds only arrays."""
+        wrmf = model.kind == "implicit" and model.loss == "wrmf"
+        self.wrmf_reg = model.reg if wrmf else None
+        self.wrmf_pop_exponent = model.pop_exponent if wrmf else 0.0
 
     def apply(self, sums: RoundSums, *, expected_clients: float | None = None) -> GlobalParams:
         """Move the table by one round's sums and count the round.
