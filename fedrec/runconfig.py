@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -197,7 +198,7 @@ KEY_FIELDS: dict[str, tuple[type[Any], str]] = {
     "downlink.dtype": (RunConfig, "downlink"),
     **{f"model.{name.replace('_', '-')}": (MFConfig, name) for name in
        ("dim", "reg", "bias_reg", "init_std", "negatives", "loss", "neg_weight", "recency_boost", "recency_scale",
-        "confidence")},
+        "confidence", "pop_exponent")},
     **{f"local.{name.replace('_', '-')}": (LocalConfig, name) for name in ("steps", "lr", "user_lr", "fold_in")},
     "strategy.averaging": (FedConfig, "averaging"), "strategy.optimizer": (ServerOptConfig, "name"),
     "strategy.server-lr": (ServerOptConfig, "lr"),
@@ -366,10 +367,33 @@ def parse_overrides(pairs: list[str]) -> dict[str, Scalar]:
 def load_toml(path: Path) -> dict[str, Scalar]:
     """A config file: nested TOML tables flattened to dotted keys (``[dp] epsilon = 8``)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = Path(path).read_text()
+        data = tomllib.loads(text)
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_toml_error(path, text, exc)) from exc
     return _flatten(data, "", str(path))
+
+
+def _toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
+    """One line for a TOML error; spelled out for ``split``, the one key that is also a prefix (``split.seed``).
+
+    TOML cannot hold ``split = "random-one"`` beside ``split.seed = 1`` or a
+    ``[split]`` table; quoted dotted keys (``"split.seed" = 1``) are plain keys.
+    """
+    found = re.search(r"at line (\d+), column (\d+)", str(exc))
+    if found is None or "overwrite" not in str(exc):
+        return f"{path}: cannot read config: {exc}"
+    line, column = int(found[1]), int(found[2])
+    source = text.splitlines()[line - 1].strip() if line <= len(text.splitlines()) else ""
+    key = source.strip("[]").partition("=")[0].strip().strip('"')
+    head = key.split(".")[0].strip()
+    if head in DEFAULTS and any(k.startswith(f"{head}.") for k in DEFAULTS):
+        return (f"{path}: line {line}, column {column}: {key!r}: TOML cannot make {head!r} both a value "
+                f"({head} = ...) and a table ({head}.<option> or [{head}]); quote the dotted keys: "
+                f"\"{head}.seed\" = 1")
+    return f"{path}: line {line}, column {column}: {key!r} is set twice"
 
 
 def dump_toml(flat: Mapping[str, Any], *, comment: str = "") -> str:

@@ -88,8 +88,8 @@ ARRAY_ITEM_BIAS = "item_bias"
 ARRAY_COUNTS = "counts"
 UPDATE_SEGMENTS = (ARRAY_ITEM_FACTORS, ARRAY_ITEM_BIAS, ARRAY_COUNTS)
 # Extra summed segments of a model.loss = "wrmf" update: p p^T (dim*dim, flattened) and,
-# per touched item, the curvature trace (c - 1) |p|^2 (n_items). Not carried by the Flower
-# apps' uplink or the secure-aggregation layout yet.
+# per touched item, the curvature trace (c - m_i) |p|^2 (n_items). The plain Flower uplink
+# carries them (server/loop.py sums them); the secure-aggregation layout does not yet.
 ARRAY_USER_GRAM = "user_gram"
 ARRAY_ITEM_CURVATURE = "item_curvature"
 WRMF_SEGMENTS = (ARRAY_USER_GRAM, ARRAY_ITEM_CURVATURE)

@@ -135,6 +135,7 @@ def _initial_state(cfg: RunConfig, catalogue: Catalogue, run_dir: Path | None, r
             raise CheckpointError("resume: no run folder given")
         state, extra = load_checkpoint(run_dir / CHECKPOINT, n_items=catalogue.n_items, dim=cfg.model.dim)
         privacy.load_state_dict(extra.get("privacy", {}))
+        state.set_model(cfg.model)
         log.info("resuming from round %d", state.round)
         return state
     mu = prior_mean(cfg.model.kind, catalogue.rating_scale)
@@ -148,11 +149,13 @@ def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[in
     replies = _send(grid, content, wire.MSG_TRAIN, cohort, rnd, cfg.round_timeout)
     n_items, dim = state.glob.n_items, state.glob.dim
     sums = [np.zeros((n_items, dim), np.float64), np.zeros(n_items, np.float64), np.zeros(n_items, np.float64)]
+    wrmf = state.wrmf_reg is not None
+    extra = {wire.ARRAY_USER_GRAM: np.zeros(dim * dim), wire.ARRAY_ITEM_CURVATURE: np.zeros(n_items)} if wrmf else {}
     survivors, dropped, device_metrics = 0, [], []
     for node in cohort:
         reply = replies.get(node)
         try:
-            arrays = _checked(reply, node, n_items, dim)
+            arrays = _checked(reply, node, n_items, dim, wrmf=wrmf)
         except FedRecError as exc:
             log.warning("round %d: dropout of node %d: %s", rnd, node, exc)
             dropped.append(node)
@@ -160,19 +163,21 @@ def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[in
         sums[0] += arrays[wire.ARRAY_ITEM_FACTORS]
         sums[1] += arrays[wire.ARRAY_ITEM_BIAS]
         sums[2] += arrays[wire.ARRAY_COUNTS]
+        for name, total in extra.items():
+            total += arrays[name]
         device_metrics.append(metric_values(replies[node]))
         survivors += 1
     if dropped:
         log.info("round %d: %d of %d devices dropped out", rnd, len(dropped), len(cohort))
-    return RoundSums(sums[0], sums[1], sums[2], survivors), dropped, device_metrics
+    return RoundSums(sums[0], sums[1], sums[2], survivors, extra), dropped, device_metrics
 
 
-def _checked(reply: Message | None, node: int, n_items: int, dim: int) -> dict[str, np.ndarray]:
+def _checked(reply: Message | None, node: int, n_items: int, dim: int, *, wrmf: bool) -> dict[str, np.ndarray]:
     if reply is None:
         raise FedRecError("no reply before the round timeout")
     if reply.has_error():
         raise FedRecError(f"device error: {reply.error.reason}")
-    return update_arrays(reply, n_items, dim)
+    return update_arrays(reply, n_items, dim, wrmf=wrmf)
 
 
 def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,

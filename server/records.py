@@ -43,13 +43,19 @@ def train_content(glob_record: ArrayRecord, cfg_record: ConfigRecord) -> RecordD
     return RecordDict({wire.RECORD_GLOBAL: glob_record, wire.RECORD_CONFIG: cfg_record})
 
 
-def update_arrays(reply: Message, n_items: int, dim: int) -> dict[str, np.ndarray]:
-    """The dense update segments of a plain reply, shape-checked (a malformed reply is a dropout)."""
+def update_arrays(reply: Message, n_items: int, dim: int, *, wrmf: bool = False) -> dict[str, np.ndarray]:
+    """The dense update segments of a plain reply, shape-checked (a malformed reply is a dropout).
+
+    ``wrmf``: the reply must also carry the model's two extra summed segments
+    (:data:`fedrec.wire.WRMF_SEGMENTS`).
+    """
     record = reply.content.array_records.get(wire.RECORD_UPDATE)
     if record is None:
         raise FedRecError(f"reply from node {reply.metadata.src_node_id}: no {wire.RECORD_UPDATE!r} record")
     expected = {wire.ARRAY_ITEM_FACTORS: (n_items, dim), wire.ARRAY_ITEM_BIAS: (n_items,),
                 wire.ARRAY_COUNTS: (n_items,)}
+    if wrmf:
+        expected.update({wire.ARRAY_USER_GRAM: (dim * dim,), wire.ARRAY_ITEM_CURVATURE: (n_items,)})
     out = {}
     for name, shape in expected.items():
         if name not in record:

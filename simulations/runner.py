@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.options import NONE
 from fedrec.data.partition import n_partitions
-from fedrec.data.registry import check_recency, warn_unused_weights
-from fedrec.data.spec import load_run_dataset, shared_run_dataset
+from fedrec.data.registry import check_recency
+from fedrec.data.spec import shared_run_dataset
 from fedrec.errors import CheckpointError, ConfigError
 from fedrec.runconfig import RunConfig, dump_toml
 from fedrec.store.atomic import atomic_write_text
@@ -56,8 +55,6 @@ def population(cfg: RunConfig) -> int:
 def validate(cfg: RunConfig) -> int:
     """Everything that can fail before round 1 fails here (data present, cohort fits)."""
     check_recency(shared_run_dataset(cfg.data), recency_boost=cfg.model.recency_boost)
-    if cfg.data.dataset == "csv" and cfg.data.csv.weight_col != NONE:
-        warn_unused_weights(load_run_dataset(cfg.data))
     n = population(cfg)
     size = cfg.fed.cohort_size(n)
     if cfg.secagg.enabled:

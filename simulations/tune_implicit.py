@@ -2,10 +2,15 @@
 
 The validation item is each user's second-to-last interaction (leave-last-out
 applied to the R1 train split, as in ``simulations.tune_r1``); the test items
-are not read here. Both libraries get the same grid over the shared
-hyper-parameters (factors, regularisation, confidence scale ``alpha`` and the
-recency weighting, which implicit receives as the matrix values, so both fit
-the same objective) and the same sweep count. fedrec's candidates are the
+are not read here. Both libraries get the same budget: the same number of
+validation fits, the same sweep count (15) and conjugate-gradient steps (3),
+the same factors (64), confidence scales ``alpha`` {1, 3, 10} and recency
+weightings {0, 4} (implicit receives the confidences ``1 + alpha * w`` as its
+matrix values, so at equal settings both fit the same objective), and nine
+points on the axes each library has: implicit nine regularisations, fedrec
+three regularisations x three popularity exponents of the missing-data weight
+(``model.pop-exponent`` {0, -0.25, -0.5}; 0 is implicit's uniform weight,
+which implicit cannot change). fedrec's candidates are the
 full-catalogue model (``model.loss = "wrmf"``) and, with ``--sampled``, the
 sampled-negative model of the R1 presets: validation chooses. The federated
 ``"wrmf"`` loop (in-process reference loop, every device every round) is then
@@ -59,16 +64,17 @@ DATASETS = ("ml-100k", "synthetic-20k")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One grid point shared by both libraries."""
+    """One grid point (``pop_exponent`` is fedrec's alone; implicit's points keep it 0)."""
 
     dim: int
     reg: float
     alpha: float
     recency_boost: float
+    pop_exponent: float = 0.0
 
     def fedrec_model(self) -> MFConfig:
         return MFConfig(kind="implicit", loss="wrmf", dim=self.dim, reg=self.reg, confidence=self.alpha,
-                        recency_boost=self.recency_boost, recency_scale=5.0)
+                        recency_boost=self.recency_boost, recency_scale=5.0, pop_exponent=self.pop_exponent)
 
 
 def load(name: str, data_dir: str) -> Dataset:
@@ -84,29 +90,38 @@ def validation(full: Dataset) -> Dataset:
     return Dataset(f"{full.name}-validation", train, val, None)
 
 
-def grid(quick: bool, iterations: int) -> list[Candidate]:
-    """The shared grid: dim x reg x alpha x recency boost (``--quick``: two points)."""
+#: The axes each library has, nine points each: the grids have the same size.
+FEDREC_REG_EXP = tuple(itertools.product((0.3, 3.0, 30.0), (0.0, -0.25, -0.5)))
+IMPLICIT_REGS = (0.1, 0.3, 1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 100.0)
+#: Init seeds each library's choice is scored with on test (the mean is reported).
+TEST_SEEDS = (0, 1, 2)
+
+
+def grid(quick: bool, lib: str) -> list[Candidate]:
+    """``lib``'s grid (``"fedrec"`` or ``"implicit"``): 54 points each, ``--quick`` two."""
     if quick:
-        return [Candidate(64, 1.0, 10.0, 0.0), Candidate(64, 1.0, 10.0, 4.0)]
-    return [Candidate(64, reg, alpha, boost)
-            for reg, alpha, boost in itertools.product((0.1, 1.0, 10.0), (1.0, 3.0, 10.0), (0.0, 4.0))]
+        return [Candidate(64, 3.0, 3.0, 0.0), Candidate(64, 3.0, 3.0, 4.0)]
+    shared = list(itertools.product((1.0, 3.0, 10.0), (0.0, 4.0)))
+    if lib == "fedrec":
+        return [Candidate(64, reg, alpha, boost, exp) for alpha, boost in shared for reg, exp in FEDREC_REG_EXP]
+    return [Candidate(64, reg, alpha, boost) for alpha, boost in shared for reg in IMPLICIT_REGS]
 
 
 def scores(metrics: dict[str, float]) -> Scores:
     return metrics["hr@10"], metrics["ndcg@10"]
 
 
-def fedrec_central(data: Dataset, model: MFConfig, iterations: int) -> tuple[Scores, float]:
+def fedrec_central(data: Dataset, model: MFConfig, iterations: int, seed: int = 0) -> tuple[Scores, float]:
     start = time.perf_counter()
-    fitted = train_central(data.train, model, CentralConfig(epochs=iterations, solver="als"))
+    fitted = train_central(data.train, model, CentralConfig(epochs=iterations, solver="als", seed=seed))
     seconds = time.perf_counter() - start
     return scores(evaluate(data, "R1", predict=fitted.predict, score_block=fitted.score_block)), seconds
 
 
-def implicit_central(data: Dataset, cand: Candidate, iterations: int) -> tuple[Scores, float]:
+def implicit_central(data: Dataset, cand: Candidate, iterations: int, seed: int = 0) -> tuple[Scores, float]:
     weights = confidence_weights(data.train, cand.fedrec_model())
     fit = peers.implicit_als(data.train, factors=cand.dim, regularization=cand.reg, alpha=cand.alpha,
-                             iterations=iterations, weights=weights)
+                             iterations=iterations, weights=weights, seed=seed)
     return scores(evaluate(data, "R1", predict=fit.predict, score_block=fit.score_block)), fit.seconds
 
 
@@ -129,15 +144,15 @@ def tune_central(tune: Dataset, quick: bool, iterations: int, sampled: bool, say
     """Both libraries over the same grid on validation; returns the choices and their validation scores."""
     out: dict[str, Any] = {}
     runs: dict[str, list[tuple[Scores, Any]]] = {"fedrec": [], "implicit": []}
-    for cand in grid(quick, iterations):
+    for cand in grid(quick, "fedrec"):
         s, t = fedrec_central(tune, cand.fedrec_model(), iterations)
         runs["fedrec"].append((s, cand))
-        line = f"  {cand}: fedrec hr@10 {s[0]:.4f} ndcg@10 {s[1]:.4f} ({t:.1f}s)"
-        if "implicit" not in peers.missing():
+        say(f"  fedrec {cand}: hr@10 {s[0]:.4f} ndcg@10 {s[1]:.4f} ({t:.1f}s)")
+    if "implicit" not in peers.missing():
+        for cand in grid(quick, "implicit"):
             s, t = implicit_central(tune, cand, iterations)
             runs["implicit"].append((s, cand))
-            line += f" | implicit hr@10 {s[0]:.4f} ndcg@10 {s[1]:.4f} ({t:.1f}s)"
-        say(line)
+            say(f"  implicit {cand}: hr@10 {s[0]:.4f} ndcg@10 {s[1]:.4f} ({t:.1f}s)")
     for lib, points in runs.items():
         if points:
             s, cand = best(points)
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, ""))
     parser.add_argument("--iterations", type=int, default=15, help="ALS sweeps, both libraries")
-    parser.add_argument("--rounds", type=int, default=12, help="federated rounds to tune over")
+    parser.add_argument("--rounds", type=int, default=24, help="federated rounds to tune over")
     parser.add_argument("--server-lrs", default="0.6,1.0", help="federated server step sizes to try")
     parser.add_argument("--quick", action="store_true", help="a 2-point grid, one server step size")
     parser.add_argument("--sampled", action="store_true", help="also the sampled-negative R1 preset (slow)")

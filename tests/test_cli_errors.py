@@ -150,3 +150,9 @@ def test_no_traceback_from_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert str(run / "checkpoint.npz") in proc.stderr and "truncated" in proc.stderr
+
+
+def test_split_value_and_table_in_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "run.toml"
+    conf.write_text('split = "random-one"\n[split]\nseed = 3\n')
+    _fails(capsys, ["train-central", "--config", str(conf)], f"{conf}: line 2, column", '"split.seed" = 1')

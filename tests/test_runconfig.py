@@ -68,6 +68,32 @@ def test_toml_nested_and_quoted_keys(tmp_path: Path) -> None:
         load_toml(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize("text, line", [
+    ('split = "random-one"\nsplit.seed = 3\n', 2),
+    ('split.seed = 3\nsplit = "random-one"\n', 2),
+    ('rounds = 2\nsplit = "random-one"\n[split]\nseed = 3\n', 3),
+])
+def test_split_as_value_and_table_is_one_line_naming_the_fix(tmp_path: Path, text: str, line: int) -> None:
+    """TOML forbids ``split`` as both a value and a table: the error names the line and says to quote the keys."""
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_toml(f)
+    message = str(err.value)
+    assert message.startswith(f"{f}: line {line}, column ") and "\n" not in message
+    assert "'split' both a value" in message and 'quote the dotted keys: "split.seed" = 1' in message
+    f.write_text('split = "random-one"\n"split.seed" = 3\n')  # the documented spelling
+    assert RunConfig.from_flat(load_toml(f)).data.split.seed == 3
+    f.write_text("rounds = 2\nrounds = 3\n")
+    with pytest.raises(ConfigError, match="line 2, column .*'rounds' is set twice"):
+        load_toml(f)
+
+
+def test_split_is_the_only_key_that_is_also_a_prefix() -> None:
+    """A key that is both a value and a prefix cannot be written as TOML tables; do not add another."""
+    assert [k for k in DEFAULTS if any(o.startswith(f"{k}.") for o in DEFAULTS)] == ["split"]
+
+
 def test_pyproject_app_config_matches_defaults() -> None:
     """Every key is declared: a protocol-dependent one as "preset", every other one with its default."""
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]

@@ -5,7 +5,7 @@ thousands of virtual devices. Loading (or generating) the dataset in each of
 them costs minutes and a copy of the data per process at a million users. The
 driver writes the train/test split once, in CSR layout (``offsets[u] ..
 offsets[u + 1]`` are user ``u``'s rows of the user-sorted ``items``,
-``ratings``, ``timestamps``), as ``.npy`` files in a directory named by a hash
+``ratings``, ``timestamps``, ``weights``), as ``.npy`` files in a directory named by a hash
 of the data specification. Every process maps those files read-only (the
 operating system's page cache holds one copy for all of them), and a device's
 rows are sliced out when its message arrives. Nothing is dense in users x items.
@@ -36,14 +36,14 @@ from fedrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-"""Version of the on-disk layout; part of the cache key."""
+FORMAT = 2
+"""Version of the on-disk layout; part of the cache key (2: the confidence-weight column)."""
 
 CACHE_ENV = "FEDREC_CACHE_DIR"
 """Environment variable naming the cache root (default ``~/.cache/fedrec``)."""
 
 _SPLITS = ("train", "test")
-_COLUMNS = ("offsets", "items", "ratings", "timestamps")
+_COLUMNS = ("offsets", "items", "ratings", "timestamps", "weights")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class MappedSplit:
     items: np.ndarray
     ratings: np.ndarray
     timestamps: np.ndarray
+    weights: np.ndarray
 
     @classmethod
     def from_interactions(cls, inter: Interactions) -> MappedSplit:
@@ -63,20 +64,21 @@ class MappedSplit:
         np.cumsum(np.bincount(inter.users, minlength=inter.n_users), out=offsets[1:])
         dtype = np.int32 if inter.n_items < 2**31 else np.int64
         return cls(offsets, inter.items[order].astype(dtype), inter.ratings[order].astype(np.float32),
-                   inter.timestamps[order].astype(np.int64))
+                   inter.timestamps[order].astype(np.int64), inter.weights[order].astype(np.float32))
 
     def rows(self, users: np.ndarray) -> LocalInteractions:
         """Rows of ``users`` (local user ``j`` is ``users[j]``), user-major; copies only these rows."""
         if len(users) == 1:
             lo, hi = int(self.offsets[users[0]]), int(self.offsets[users[0] + 1])
             return LocalInteractions(np.zeros(hi - lo, np.int64), self.items[lo:hi].astype(np.int64),
-                                     np.array(self.ratings[lo:hi]), np.array(self.timestamps[lo:hi]))
+                                     np.array(self.ratings[lo:hi]), np.array(self.timestamps[lo:hi]),
+                                     np.array(self.weights[lo:hi]))
         lows, highs = self.offsets[users], self.offsets[users + 1]
         index = np.concatenate([np.arange(lo, hi) for lo, hi in zip(lows, highs, strict=True)]) \
             if len(users) else np.empty(0, np.int64)
         local = np.repeat(np.arange(len(users), dtype=np.int64), highs - lows)
         return LocalInteractions(local, self.items[index].astype(np.int64), self.ratings[index],
-                                 self.timestamps[index])
+                                 self.timestamps[index], self.weights[index])
 
 
 @dataclass(frozen=True)

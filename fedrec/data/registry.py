@@ -229,13 +229,6 @@ def _data_root(name: str, data_dir: str | Path | None) -> Path:
     return Path(data_dir)
 
 
-def warn_unused_weights(data: Dataset) -> None:
-    """Say so when confidence weights were read but the federated sampled-negative model ignores them."""
-    if len(data.train) and not np.all(data.train.weights == 1.0):
-        logger.warning("csv.weight-col: the federated sampled-negative model does not use confidence weights; "
-                       "fedrec train-central does (each positive's loss times its weight)")
-
-
 def check_recency(data: Dataset | MappedDataset, *, recency_boost: float) -> None:
     """Refuse recency weighting on training data whose timestamps are all equal.
 

@@ -139,7 +139,7 @@ def device_evaluate(source: InteractionSource, state: DeviceState, glob: GlobalP
         params = None if refold else load_local(state, int(user))
         if params is None:
             params = _cold_start(glob, train.items[tr], train.ratings[tr], model, local,
-                                 np.random.default_rng([seed, int(user)]), train.timestamps[tr])
+                                 np.random.default_rng([seed, int(user)]), train.timestamps[tr], train.weights[tr])
         total.merge(evaluate_user(glob, params, train.items[tr], test.items[te], test.ratings[te],
                                     kind=model.kind, scale=scale))
     return total
@@ -185,7 +185,8 @@ def _plain_train(source: InteractionSource, state: DeviceState, glob: GlobalPara
         mask = rows.users == user
         rng = np.random.default_rng([seed, round_, user_offset + int(user)])
         update, new_local = train_user(glob, load_local(state, int(user)), rows.items[mask], rows.ratings[mask],
-                                       model=model, config=local, rng=rng, timestamps=rows.timestamps[mask])
+                                       model=model, config=local, rng=rng, timestamps=rows.timestamps[mask],
+                                       weights=_weights_of(model, rows.weights[mask]))
         save_local(state, int(user), new_local)
         parts = [update.item_factors, update.item_bias, update.counts]
         total = parts if total is None else [a + b for a, b in zip(total, parts, strict=True)]
@@ -253,12 +254,25 @@ def _noise_rng(secure: bool, seeded: bool, seed: int, round_: int, user_offset: 
 
 
 def _cold_start(glob: GlobalParams, items: np.ndarray, ratings: np.ndarray, model: MFConfig, local: LocalConfig,
-                rng: np.random.Generator, timestamps: np.ndarray | None = None) -> LocalParams:
+                rng: np.random.Generator, timestamps: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> LocalParams:
     if model.kind == "explicit":
         return fold_in(glob, items, ratings, reg=model.reg, bias_reg=model.bias_reg)
     _, params = train_user(glob, initial_local(model, rng), items, ratings, model=model, config=local, rng=rng,
-                           timestamps=timestamps)
+                           timestamps=timestamps, weights=_weights_of(model, weights))
     return params
+
+
+def _weights_of(model: MFConfig, weights: np.ndarray | None) -> np.ndarray | None:
+    """The device's confidence weights (``csv.weight-col``) for an implicit model; ``None`` when all are 1.
+
+    They never leave the device: they scale the positives' weight in the local
+    loss (sampled-negative models) or their confidence (``"wrmf"``), exactly as
+    the centralized trainer uses :attr:`Interactions.weights`.
+    """
+    if model.kind != "implicit" or weights is None or np.all(weights == 1.0):
+        return None
+    return np.asarray(weights, np.float64)
 
 
 def load_local(state: DeviceState, user: int) -> LocalParams | None:

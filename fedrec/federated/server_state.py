@@ -16,7 +16,7 @@ import numpy as np
 
 from fedrec import flatconfig as fc
 from fedrec.errors import ConfigError
-from fedrec.model.mf import MFConfig
+from fedrec.model.mf import MFConfig, missing_weights
 from fedrec.model.params import GlobalParams
 from fedrec.train.aggregate import (
     AVERAGINGS,
@@ -144,14 +144,24 @@ class ServerState:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     wrmf_reg: float | None = None
     """Set for ``model.loss = "wrmf"``: the item step is :func:`wrmf_direction` with this ``reg``."""
+    wrmf_pop_exponent: float = 0.0
+    """``"wrmf"``'s ``model.pop-exponent``: when not 0, every round's summed ``counts`` (one per device
+    that touched an item) set the table's :attr:`GlobalParams.missing_weight` for the next round."""
 
     @classmethod
     def start(cls, n_items: int, model: MFConfig, fed: FedConfig, *, global_mean: float) -> ServerState:
         """Round 0 of a run over ``n_items`` items; ``global_mean`` is ``mu`` (:func:`prior_mean` in a run)."""
         glob = GlobalParams.init(n_items, model.dim, init_std=model.init_std, global_mean=global_mean,
                                  seed=fed.seed)
-        wrmf = model.reg if model.kind == "implicit" and model.loss == "wrmf" else None
-        return cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed), wrmf)
+        state = cls(glob, ServerOptimizer(fed.server), fed.averaging, 0, np.random.default_rng(fed.seed))
+        state.set_model(model)
+        return state
+
+    def set_model(self, model: MFConfig) -> None:
+        """The model-specific item step (``"wrmf"``); also after a checkpoint, which holds only arrays."""
+        wrmf = model.kind == "implicit" and model.loss == "wrmf"
+        self.wrmf_reg = model.reg if wrmf else None
+        self.wrmf_pop_exponent = model.pop_exponent if wrmf else 0.0
 
     def apply(self, sums: RoundSums, *, expected_clients: float | None = None) -> GlobalParams:
         """Move the table by one round's sums and count the round.
@@ -164,6 +174,9 @@ class ServerState:
             if sums.n_clients > 0:
                 dq = wrmf_direction(self.glob, sums, reg=self.wrmf_reg)
                 self.glob = self.optimizer.apply(self.glob, dq, np.zeros_like(self.glob.item_bias))
+                if self.wrmf_pop_exponent != 0:
+                    missing = missing_weights(sums.counts, self.wrmf_pop_exponent).astype(np.float32)
+                    self.glob = self.glob.replace(missing_weight=missing)
         elif sums.n_clients > 0 or expected_clients is not None:
             dq, db = pseudo_gradient(sums, averaging=self.averaging,  # type: ignore[arg-type]  # str checked by FedConfig
                                      expected_clients=expected_clients)

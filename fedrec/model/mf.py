@@ -60,6 +60,15 @@ class MFConfig:
         ``"wrmf"`` only: an interaction's confidence is ``1 + confidence * w``
         (``w`` its weight: recency times the data's own weight, default 1);
         ``implicit``'s ALS calls it ``alpha``.
+    pop_exponent:
+        ``"wrmf"`` only: a non-interaction of item ``i`` weighs
+        ``(1 + n_i) ** pop_exponent``, normalised to mean 1 over the catalogue
+        (``n_i``: how many users interacted with ``i``;
+        :func:`missing_weights`), the item-dependent missing-data weight of
+        eALS (He et al. 2016). ``0`` weighs every non-interaction 1, as
+        ``implicit``'s ALS does; a negative exponent penalises popular items
+        less for being unseen (a popularity prior), which validation picks on
+        long-tailed catalogues.
     recency_boost, recency_scale:
         Implicit only: a positive's weight is ``1 + recency_boost *
         exp(-age / recency_scale)``, where ``age`` counts the user's
@@ -78,6 +87,7 @@ class MFConfig:
     recency_boost: float = 0.0
     recency_scale: float = 5.0
     confidence: float = 10.0
+    pop_exponent: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -97,6 +107,8 @@ class MFConfig:
             raise ConfigError(f"model.recency-boost: must be >= 0, got {self.recency_boost}")
         if not self.confidence >= 0:
             raise ConfigError(f"model.confidence: must be >= 0, got {self.confidence}")
+        if not -4.0 <= self.pop_exponent <= 4.0:
+            raise ConfigError(f"model.pop-exponent: must be in [-4, 4], got {self.pop_exponent}")
         if not self.recency_scale > 0:
             raise ConfigError(f"model.recency-scale: must be > 0, got {self.recency_scale}")
 
@@ -110,7 +122,8 @@ class MFConfig:
                    neg_weight=fc.get(flat, "model.neg-weight", float),
                    recency_boost=fc.get(flat, "model.recency-boost", float),
                    recency_scale=fc.get(flat, "model.recency-scale", float),
-                   confidence=fc.get(flat, "model.confidence", float))
+                   confidence=fc.get(flat, "model.confidence", float),
+                   pop_exponent=fc.get(flat, "model.pop-exponent", float))
 
 
 def recency_weights(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, cfg: MFConfig) -> np.ndarray:
@@ -131,6 +144,19 @@ def recency_weights(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray
     age = np.empty(n, np.float64)
     age[order] = end_of - np.arange(n)
     return 1.0 + cfg.recency_boost * np.exp(-age / cfg.recency_scale)
+
+
+def missing_weights(counts: np.ndarray, exponent: float) -> np.ndarray:
+    """Per-item weight of a non-interaction under ``model.pop-exponent`` (see :class:`MFConfig`).
+
+    ``counts[i]`` is how many users interacted with item ``i``: centrally from
+    the training data, federated from the summed ``counts`` segment of a round
+    (one per device that touched ``i``). Returns ``(1 + counts) ** exponent``
+    scaled to mean 1, so the exponent moves weight between items without
+    changing the total weight of the missing data.
+    """
+    w = (1.0 + np.asarray(counts, np.float64)) ** exponent
+    return np.asarray(w * (len(w) / w.sum()) if len(w) else w)
 
 
 def score_items(glob: GlobalParams, local: LocalParams) -> np.ndarray:

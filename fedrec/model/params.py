@@ -26,6 +26,8 @@ class ParamGroup(enum.Enum):
 
 
 GLOBAL_ARRAYS = ("item_factors", "item_bias")
+MISSING_WEIGHT = "missing_weight"
+"""The optional public per-item array of ``"wrmf"`` with a popularity exponent."""
 LOCAL_ARRAYS = ("user_factor", "user_bias")
 
 
@@ -41,11 +43,17 @@ class GlobalParams:
         ``(n_items,)`` float32 item biases ``b``.
     global_mean:
         Mean rating ``mu`` (0 for implicit models).
+    missing_weight:
+        ``"wrmf"`` with ``model.pop-exponent`` only: ``(n_items,)`` weight of a
+        non-interaction of each item (:func:`fedrec.model.mf.missing_weights`
+        of the summed per-item counts), public like the table; ``None``
+        weighs every non-interaction 1.
     """
 
     item_factors: np.ndarray
     item_bias: np.ndarray
     global_mean: float = 0.0
+    missing_weight: np.ndarray | None = None
 
     group = ParamGroup.GLOBAL
 
@@ -55,6 +63,9 @@ class GlobalParams:
             raise ModelError(f"GlobalParams: item_factors {q.shape} and item_bias {b.shape} do not match")
         if not (np.isfinite(q).all() and np.isfinite(b).all() and np.isfinite(self.global_mean)):
             raise ModelError("GlobalParams: non-finite values")
+        m = self.missing_weight
+        if m is not None and (m.shape != b.shape or not (np.isfinite(m).all() and (m > 0).all())):
+            raise ModelError(f"GlobalParams: missing_weight must be {b.shape} positive values, got {m.shape}")
 
     @classmethod
     def init(cls, n_items: int, dim: int, *, init_std: float = 0.1, global_mean: float = 0.0,
@@ -66,13 +77,16 @@ class GlobalParams:
 
     @cached_property
     def gram(self) -> np.ndarray:
-        """``Q^T Q`` (float64, ``dim x dim``): the full-catalogue term of the ``"wrmf"`` user solve.
+        """``Q^T diag(m) Q`` (float64, ``dim x dim``): the full-catalogue term of the ``"wrmf"`` user solve.
 
-        A public function of the table every device downloads, so computing it
-        reveals nothing; cached because every device of a round needs it.
+        ``m`` is :attr:`missing_weight` (1 when ``None``). A public function of
+        the table every device downloads, so computing it reveals nothing;
+        cached because every device of a round needs it.
         """
         q = self.item_factors.astype(np.float64)
-        return q.T @ q
+        if self.missing_weight is None:
+            return q.T @ q
+        return (q * self.missing_weight.astype(np.float64)[:, None]).T @ q
 
     @property
     def n_items(self) -> int:
@@ -83,23 +97,31 @@ class GlobalParams:
         return int(self.item_factors.shape[1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Named arrays, in the order :data:`GLOBAL_ARRAYS` (for messages and checkpoints)."""
-        return {"item_factors": self.item_factors, "item_bias": self.item_bias}
+        """Named arrays, in the order :data:`GLOBAL_ARRAYS` (for messages and checkpoints), then
+        ``missing_weight`` when it is set."""
+        out = {"item_factors": self.item_factors, "item_bias": self.item_bias}
+        if self.missing_weight is not None:
+            out[MISSING_WEIGHT] = self.missing_weight
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], global_mean: float) -> GlobalParams:
         try:
+            missing = arrays.get(MISSING_WEIGHT)
             return cls(np.asarray(arrays["item_factors"], np.float32),
-                       np.asarray(arrays["item_bias"], np.float32), float(global_mean))
+                       np.asarray(arrays["item_bias"], np.float32), float(global_mean),
+                       None if missing is None else np.asarray(missing, np.float32))
         except KeyError as exc:
             raise ModelError(f"GlobalParams: missing array {exc.args[0]!r}") from None
 
     def replace(self, *, item_factors: np.ndarray | None = None, item_bias: np.ndarray | None = None,
-                global_mean: float | None = None) -> GlobalParams:
+                global_mean: float | None = None, missing_weight: np.ndarray | None = None) -> GlobalParams:
+        """A copy with the given fields changed (``None`` keeps a field)."""
         return GlobalParams(
             self.item_factors if item_factors is None else item_factors,
             self.item_bias if item_bias is None else item_bias,
             self.global_mean if global_mean is None else global_mean,
+            self.missing_weight if missing_weight is None else missing_weight,
         )
 
 

@@ -65,12 +65,13 @@ def pseudo_gradient(sums: RoundSums, *, averaging: Averaging, expected_clients: 
 def wrmf_direction(glob: GlobalParams, sums: RoundSums, *, reg: float) -> np.ndarray:
     """The server's item step of federated ``"wrmf"``: a preconditioned gradient step.
 
-    The loss's gradient at item ``i`` (halved) is ``S q_i + g_i + reg q_i``,
+    The loss's gradient at item ``i`` (halved) is ``m_i S q_i + g_i + reg q_i``,
     with ``S = sum_u p_u p_u^T`` (the ``user_gram`` sum: the full-catalogue
-    term, a ``d x d`` matrix) and ``g_i`` minus the summed device directions
-    (the terms on the users who touched ``i``). The step divides it by
-    ``S + (reg + h_i / d) I``, where ``h_i`` (the ``item_curvature`` sum) is
-    the trace of the touched users' extra curvature ``sum (c - 1) p p^T``:
+    term, a ``d x d`` matrix), ``m_i`` the item's missing-data weight (1
+    unless ``model.pop-exponent``) and ``g_i`` minus the summed device
+    directions (the terms on the users who touched ``i``). The step divides it
+    by ``m_i S + (reg + h_i / d) I``, where ``h_i`` (the ``item_curvature``
+    sum) is the trace of the touched users' extra curvature ``sum (c - m_i) p p^T``:
     with that curvature isotropic this is exactly the ALS item solve. One
     eigendecomposition of ``S`` makes every item's solve ``O(d^2)``.
     """
@@ -81,10 +82,12 @@ def wrmf_direction(glob: GlobalParams, sums: RoundSums, *, reg: float) -> np.nda
     d = glob.dim
     gram = np.asarray(sums.extra[ARRAY_USER_GRAM], np.float64).reshape(d, d)
     q = glob.item_factors.astype(np.float64)
-    grad = q @ gram - np.asarray(sums.item_factors, np.float64) + reg * q
+    m = np.ones(glob.n_items) if glob.missing_weight is None else glob.missing_weight.astype(np.float64)
+    grad = m[:, None] * (q @ gram) - np.asarray(sums.item_factors, np.float64) + reg * q
     eigval, eigvec = np.linalg.eigh((gram + gram.T) / 2)
     shift = reg + np.asarray(sums.extra[ARRAY_ITEM_CURVATURE], np.float64) / d
-    step: np.ndarray = ((grad @ eigvec) / (np.maximum(eigval, 0.0)[None, :] + shift[:, None] + 1e-12)) @ eigvec.T
+    scaled = m[:, None] * np.maximum(eigval, 0.0)[None, :]
+    step: np.ndarray = ((grad @ eigvec) / (scaled + shift[:, None] + 1e-12)) @ eigvec.T
     return -step
 
 

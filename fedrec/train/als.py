@@ -15,7 +15,9 @@ updated at once by vectorized torch operations (no Python loop over users):
   (y_ui - p_u.q_i)^2 + reg (|P|^2 + |Q|^2)`` with ``y = 1`` on interactions and
   0 elsewhere, and confidence ``c_ui = 1 + confidence * w_ui`` on
   interactions (1 elsewhere). ``w`` is the per-interaction weight (recency
-  weights times the data's own weights, default 1). The full-catalogue part
+  weights times the data's own weights, default 1). With ``model.pop-exponent``
+  a non-interaction of item ``i`` weighs ``m_i`` instead of 1 (eALS, He et al.
+  2016), which keeps the full-catalogue part a ``d x d`` matrix. The full-catalogue part
   reduces to the ``d x d`` Gram matrix of the other side, so a sweep costs
   ``O(nnz d cg_steps + (n_users + n_items) d^2)``: the conjugate-gradient
   solve of Takacs, Pilaszy and Tikk (2011), warm-started, as in ``implicit``.
@@ -35,7 +37,7 @@ import torch
 
 from fedrec.data.interactions import Interactions
 from fedrec.errors import ConfigError
-from fedrec.model.mf import MFConfig, MFModel, recency_weights
+from fedrec.model.mf import MFConfig, MFModel, missing_weights, recency_weights
 from fedrec.model.params import GlobalParams, UserTable
 
 log = logging.getLogger(__name__)
@@ -238,30 +240,55 @@ def _implicit(train: Interactions, model: MFConfig, config: ALSConfig, weights: 
     g = torch.Generator().manual_seed(config.seed)
     q = torch.randn(train.n_items, model.dim, generator=g) * model.init_std
     p = torch.randn(train.n_users, model.dim, generator=g) * model.init_std
+    missing = None
+    if model.pop_exponent != 0:  # distinct users per item: the stored entries of each item's row
+        missing = torch.from_numpy(missing_weights(by_item.crow.diff().numpy(), model.pop_exponent)).float()
     for it in range(config.iterations):
-        p = wrmf_solve(by_user, q, p, confidence=model.confidence, reg=model.reg, cg_steps=config.cg_steps)
-        q = wrmf_solve(by_item, p, q, confidence=model.confidence, reg=model.reg, cg_steps=config.cg_steps)
+        p = wrmf_solve(by_user, q, p, confidence=model.confidence, reg=model.reg, cg_steps=config.cg_steps,
+                       other_missing=missing)
+        q = wrmf_solve(by_item, p, q, confidence=model.confidence, reg=model.reg, cg_steps=config.cg_steps,
+                       row_missing=missing)
         if progress:
             progress(it + 1, config.iterations)
     return _model(model, q, torch.zeros(train.n_items), p, torch.zeros(train.n_users), 0.0)
 
 
 def wrmf_solve(side: _Side, other: torch.Tensor, start: torch.Tensor, *, confidence: float, reg: float,
-               cg_steps: int) -> torch.Tensor:
-    """One half-step: every row's ``(G + sum (c-1) x x^T + reg I) f = sum c x``, ``G = other^T other``.
+               cg_steps: int, other_missing: torch.Tensor | None = None,
+               row_missing: torch.Tensor | None = None) -> torch.Tensor:
+    """One half-step: every row's ``(m_r G + sum (c - m_r m_j) x_j x_j^T + reg I) f = sum c x_j``.
 
-    ``c = 1 + confidence * w`` on the row's interactions. ``cg_steps > 0``
-    runs that many conjugate-gradient steps from ``start``, matrix-free (one
-    sampled dense-dense product and one sparse-dense product a step);
-    ``0`` forms each row's matrix and solves it exactly.
+    ``G = other^T diag(m) other`` is the full-catalogue term, ``c = 1 +
+    confidence * w`` on the row's interactions ``j``, and ``m`` the
+    missing-data weights (``model.pop-exponent``) of the items: of the other
+    side's rows (``other_missing``, the user half-step) or of this side's rows
+    (``row_missing``, the item half-step); ``None`` is 1 everywhere, Hu et
+    al.'s uniform weight. ``cg_steps > 0`` runs that many conjugate-gradient
+    steps from ``start``, matrix-free (one sampled dense-dense product and one
+    sparse-dense product a step); ``0`` forms each row's matrix and solves it
+    exactly.
     """
     d = other.shape[1]
-    extra = confidence * side.values[0]  # c - 1
-    gram = other.T @ other + reg * torch.eye(d)
-    rhs = side.matrix(1.0 + extra) @ other
+    c = 1.0 + confidence * side.values[0]
+    extra = c - 1.0  # c - m_r m_j, the weight beyond the full-catalogue term
+    weighted = other if other_missing is None else other * other_missing[:, None]
+    gram = weighted.T @ other
+    if other_missing is not None:
+        extra = c - other_missing[side.col]
+    if row_missing is not None:
+        extra = c - torch.repeat_interleave(row_missing, side.crow.diff())
+    scale = None if row_missing is None else row_missing[:, None]
+    rhs = side.matrix(c) @ other
     if cg_steps == 0:
-        return _solve((side.matrix(extra) @ _outer(other)).reshape(-1, d, d) + gram, rhs)
-    return _cg(lambda v: v @ gram + side.matrix(side.dots(v, other) * extra) @ other, rhs, start, cg_steps)
+        rows = (side.matrix(extra) @ _outer(other)).reshape(-1, d, d)
+        full = gram[None] if scale is None else scale[:, :, None] * gram[None]
+        return _solve(rows + full + reg * torch.eye(d), rhs)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        full = v @ gram if scale is None else scale * (v @ gram)
+        return full + reg * v + side.matrix(side.dots(v, other) * extra) @ other
+
+    return _cg(matvec, rhs, start, cg_steps)
 
 
 def _model(cfg: MFConfig, q: torch.Tensor, bi: torch.Tensor, p: torch.Tensor, bu: torch.Tensor,

@@ -70,7 +70,7 @@ CENTRAL_PRESETS: dict[str, CentralConfig] = {
 # R1: the weighted full-catalogue implicit loss ("wrmf"), whose negatives are the whole catalogue.
 ALS_PRESETS: dict[str, tuple[MFConfig, CentralConfig]] = {
     "E1": (MFConfig(kind="explicit", dim=64, reg=0.14, bias_reg=0.12), CentralConfig(epochs=15, solver="als")),
-    "R1": (MFConfig(kind="implicit", loss="wrmf", dim=64, reg=10.0, confidence=1.0, recency_boost=4.0,
+    "R1": (MFConfig(kind="implicit", loss="wrmf", dim=64, reg=30.0, confidence=3.0, recency_boost=4.0,
                     recency_scale=5.0), CentralConfig(epochs=15, solver="als")),
 }
 

@@ -115,26 +115,29 @@ def wrmf_step(glob: GlobalParams, items: np.ndarray, model: MFConfig, timestamps
     """The device's part of federated ``"wrmf"`` (Ammad-ud-din et al. 2019, FCF).
 
     The user factor is solved exactly against the current table,
-    ``p = (Q^T Q + Q_u^T (C_u - I) Q_u + reg I)^{-1} Q_u^T c_u`` (``Q^T Q`` is
-    :attr:`GlobalParams.gram`, public). The item gradient of the loss splits
-    into a full-catalogue part, ``(sum_u p_u p_u^T) q_i`` for every item, which
-    the server forms from the summed ``p p^T`` segment alone, and a part on the
-    user's positives, ``((c - 1) s - c) p`` with ``s = p.q_i``: the device sends
-    minus that part (a descent direction, dense over the catalogue like any
-    update), ``p p^T``, and the touched rows' curvature trace ``(c - 1)|p|^2``,
-    all through the same secure sum. Biases are not part of the model (zero).
+    ``p = (Q^T M Q + Q_u^T (C_u - M_u) Q_u + reg I)^{-1} Q_u^T c_u`` (``Q^T M Q``
+    is :attr:`GlobalParams.gram`, public; ``M`` the missing-data weights
+    :attr:`GlobalParams.missing_weight`, 1 by default). The item gradient of
+    the loss splits into a full-catalogue part, ``m_i (sum_u p_u p_u^T) q_i``
+    for every item, which the server forms from the summed ``p p^T`` segment
+    alone, and a part on the user's positives, ``((c - m_i) s - c) p`` with
+    ``s = p.q_i``: the device sends minus that part (a descent direction, dense
+    over the catalogue like any update), ``p p^T``, and the touched rows'
+    curvature trace ``(c - m_i)|p|^2``, all through the same secure sum. Biases
+    are not part of the model (zero).
     """
     positives, w = _positive_weights(items, timestamps, model, weights)
     c = 1.0 + model.confidence * w
+    m = np.ones(len(positives)) if glob.missing_weight is None else glob.missing_weight[positives].astype(np.float64)
     q = glob.item_factors[positives].astype(np.float64)
-    a = glob.gram + q.T @ ((c - 1.0)[:, None] * q) + model.reg * np.eye(glob.dim)
+    a = glob.gram + q.T @ ((c - m)[:, None] * q) + model.reg * np.eye(glob.dim)
     p = np.linalg.solve(a, q.T @ c)
     s = q @ p
-    direction = -((c - 1.0) * s - c)[:, None] * p[None, :]
+    direction = -((c - m) * s - c)[:, None] * p[None, :]
     update = _dense(glob, positives, glob.item_factors[positives] + direction, glob.item_bias[positives],
                     float((c * (1.0 - s) ** 2).sum() / max(len(positives), 1)))
     curvature = np.zeros(glob.n_items, np.float32)
-    curvature[positives] = (c - 1.0) * float(p @ p)
+    curvature[positives] = (c - m) * float(p @ p)
     extra = {ARRAY_USER_GRAM: np.outer(p, p).astype(np.float32).reshape(-1), ARRAY_ITEM_CURVATURE: curvature}
     return dataclasses.replace(update, extra=extra), LocalParams(p.astype(np.float32), 0.0)
 

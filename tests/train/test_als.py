@@ -14,7 +14,7 @@ from fedrec.errors import ConfigError
 from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import FedConfig, ServerState
 from fedrec.metrics.evaluate import evaluate
-from fedrec.model.mf import MFConfig
+from fedrec.model.mf import MFConfig, missing_weights
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.runconfig import RunConfig
 from fedrec.train.aggregate import RoundSums, ServerOptConfig
@@ -33,16 +33,31 @@ def _random_implicit(seed: int, n_users: int = 12, n_items: int = 15, n: int = 6
     return Interactions.build(pairs[:, 0], pairs[:, 1], n_users=n_users, n_items=n_items)
 
 
-def _dense_user_solve(train: Interactions, q: np.ndarray, model: MFConfig, w: np.ndarray) -> np.ndarray:
-    """Hu et al.'s closed form with dense C_u and y_u, user by user."""
+def _dense_user_solve(train: Interactions, q: np.ndarray, model: MFConfig, w: np.ndarray,
+                      missing: np.ndarray | None = None) -> np.ndarray:
+    """Hu et al.'s closed form with dense C_u and y_u, user by user (non-interactions weigh ``missing``)."""
     out = np.zeros((train.n_users, q.shape[1]))
     for u in range(train.n_users):
-        c, y = np.ones(train.n_items), np.zeros(train.n_items)
+        c = np.ones(train.n_items) if missing is None else missing.astype(np.float64).copy()
+        y = np.zeros(train.n_items)
         mask = train.users == u
         c[train.items[mask]] = 1 + model.confidence * w[mask]
         y[train.items[mask]] = 1.0
         a = q.T @ (c[:, None] * q) + model.reg * np.eye(q.shape[1])
         out[u] = np.linalg.solve(a, q.T @ (c * y))
+    return out
+
+
+def _dense_item_solve(train: Interactions, p: np.ndarray, model: MFConfig, missing: np.ndarray) -> np.ndarray:
+    """The item half-step's closed form: item ``i``'s non-interactions all weigh ``missing[i]``."""
+    out = np.zeros((train.n_items, p.shape[1]))
+    for i in range(train.n_items):
+        c, y = np.full(train.n_users, float(missing[i])), np.zeros(train.n_users)
+        mask = train.items == i
+        c[train.users[mask]] = 1 + model.confidence
+        y[train.users[mask]] = 1.0
+        a = p.T @ (c[:, None] * p) + model.reg * np.eye(p.shape[1])
+        out[i] = np.linalg.solve(a, p.T @ (c * y))
     return out
 
 
@@ -55,6 +70,66 @@ def test_wrmf_half_step_is_the_dense_closed_form(cg_steps: int) -> None:
     got = wrmf_solve(by_user, torch.from_numpy(q).float(), torch.zeros(train.n_users, 4),
                      confidence=WRMF.confidence, reg=WRMF.reg, cg_steps=cg_steps).numpy()
     np.testing.assert_allclose(got, _dense_user_solve(train, q, WRMF, w), atol=2e-4)
+
+
+@pytest.mark.parametrize("cg_steps", [0, 40])
+def test_popularity_weighted_half_steps_are_the_dense_closed_form(cg_steps: int) -> None:
+    """``model.pop-exponent``: each item's non-interactions weigh ``m_i``, on both half-steps."""
+    train = _random_implicit(8)
+    w = np.ones(len(train))
+    m = missing_weights(np.bincount(train.items, minlength=train.n_items), -0.5)
+    assert m.mean() == pytest.approx(1.0) and m.std() > 0.05
+    by_user, by_item = _sides(train.users, train.items, (w,), train.n_users, train.n_items)
+    q = np.random.default_rng(2).normal(0, 0.3, (train.n_items, 4))
+    p = np.random.default_rng(3).normal(0, 0.3, (train.n_users, 4))
+    mt = torch.from_numpy(m).float()
+    got_p = wrmf_solve(by_user, torch.from_numpy(q).float(), torch.zeros(train.n_users, 4),
+                       confidence=WRMF.confidence, reg=WRMF.reg, cg_steps=cg_steps, other_missing=mt).numpy()
+    np.testing.assert_allclose(got_p, _dense_user_solve(train, q, WRMF, w, m), atol=2e-4)
+    got_q = wrmf_solve(by_item, torch.from_numpy(p).float(), torch.zeros(train.n_items, 4),
+                       confidence=WRMF.confidence, reg=WRMF.reg, cg_steps=cg_steps, row_missing=mt).numpy()
+    np.testing.assert_allclose(got_q, _dense_item_solve(train, p, WRMF, m), atol=2e-4)
+
+
+def test_missing_weights_refuse_out_of_range_exponent() -> None:
+    with pytest.raises(ConfigError, match="model.pop-exponent"):
+        MFConfig(kind="implicit", loss="wrmf", pop_exponent=9.0)
+    np.testing.assert_allclose(missing_weights(np.array([0, 3, 10]), 0.0), 1.0)
+    cfg = RunConfig.from_flat({"protocol": "R1", "model.loss": "wrmf", "model.pop-exponent": -0.25})
+    assert cfg.model.pop_exponent == -0.25
+
+
+def test_federated_popularity_weights_keep_the_als_fixed_point() -> None:
+    """At the converged ALS solution of the popularity-weighted loss, one federated round (the devices'
+    solves against the public weights, the server's step from the sums) leaves the table where it is,
+    and the server derives the same weights from the round's counts."""
+    train = _random_implicit(9, n_users=30, n_items=20, n=200)
+    model = replace(WRMF, pop_exponent=-0.5)
+    fitted = train_als(train, model, ALSConfig(iterations=300, cg_steps=0))
+    m = missing_weights(np.bincount(train.items, minlength=train.n_items), model.pop_exponent).astype(np.float32)
+    glob = fitted.glob.replace(missing_weight=m)
+    users = np.unique(train.users)
+    sums = {"f": np.zeros_like(glob.item_factors), "gram": np.zeros(16), "curv": np.zeros(train.n_items),
+            "counts": np.zeros(train.n_items)}
+    for u in users:
+        mask = train.users == u
+        update, local = local_update(glob, LocalParams.zeros(4), train.items[mask], train.ratings[mask],
+                                     model=model, config=LocalConfig(), rng=np.random.default_rng(0))
+        np.testing.assert_allclose(local.user_factor, fitted.users.user_factors[u], atol=2e-3)
+        sums["f"] += update.item_factors
+        sums["gram"] += update.extra[ARRAY_USER_GRAM]
+        sums["curv"] += update.extra[ARRAY_ITEM_CURVATURE]
+        sums["counts"] += update.counts
+    state = ServerState.start(train.n_items, model, FedConfig(server=ServerOptConfig(name="sgd", lr=1.0)),
+                              global_mean=0.0)
+    state.glob = glob
+    extra = {ARRAY_USER_GRAM: sums["gram"], ARRAY_ITEM_CURVATURE: sums["curv"]}
+    new = state.apply(RoundSums(sums["f"], np.zeros(train.n_items), sums["counts"], len(users), extra))
+    np.testing.assert_allclose(new.item_factors, glob.item_factors, atol=2e-3)
+    assert new.missing_weight is not None
+    np.testing.assert_allclose(new.missing_weight, m, rtol=1e-5)
+    moved = state.apply(RoundSums(sums["f"] + 0.5, np.zeros(train.n_items), sums["counts"], len(users), extra))
+    assert np.abs(moved.item_factors - new.item_factors).max() > 1e-2  # the check above can fail
 
 
 def test_explicit_half_step_is_fold_in_for_every_user() -> None:
