@@ -17,16 +17,23 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from .device import EvaluateHandler, SourceProvider, TrainHandler, device_source
-from .secagg import register_secagg, simulation_identities
+from .secagg import IdentityProvider, register_secagg, simulation_identities
 from .secure_eval import register_secure_eval
 
 
-def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None) -> ClientApp:
-    """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods."""
+def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None,
+                    identities: IdentityProvider | None = None) -> ClientApp:
+    """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods.
+
+    ``identities``: where simulated devices get their certified identities (the
+    simulation runner passes its authority, whose public key the server gets
+    too); a fresh simulation authority when omitted. Deployed devices read
+    theirs from their identity folder either way.
+    """
     app = ClientApp(mods=mods)
     app.train()(TrainHandler(source))
     app.evaluate()(EvaluateHandler(source))
-    identities = simulation_identities()  # one authority for both kinds of secure round
+    identities = identities or simulation_identities()  # one authority for both kinds of secure round
     register_secagg(app, source, identities)
     register_secure_eval(app, source, identities)
     return app

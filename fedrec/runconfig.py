@@ -82,6 +82,11 @@ class SecAggSpec:
     """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
     eval_min_cohort: int = 5
     """Fewest devices whose evaluation sums the server may unmask together (the evaluation round's threshold)."""
+    authority_key: str = ""
+    """File of the enrolment authority's public key (``authority.pub``, 32 raw bytes) for the server to verify
+    every key advertisement and certificate with, dropping devices that fail; empty: only devices check them.
+    A deployment's ServerApp reads it (``fedrec server run`` sets it from the state folder); a simulation uses
+    its runner's own authority instead."""
 
 
 @dataclass(frozen=True)
@@ -472,7 +477,8 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
     return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
                       _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"),
-                      _get(flat, "secagg.pipeline", bool), _int(flat, "secagg.eval-min-cohort", low=2))
+                      _get(flat, "secagg.pipeline", bool), _int(flat, "secagg.eval-min-cohort", low=2),
+                      _get(flat, "secagg.authority-key", str))
 
 
 def _opt_float(flat: Mapping[str, Any], key: str) -> float | None:

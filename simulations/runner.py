@@ -62,6 +62,9 @@ def validate(cfg: RunConfig) -> int:
     size = cfg.fed.cohort_size(n)
     if cfg.secagg.enabled:
         check_secagg_threshold(cfg, size)
+        if cfg.secagg.authority_key:
+            raise ConfigError(f"secagg.authority-key: {cfg.secagg.authority_key!r} is for deployed runs; a simulation "
+                              "enrols its devices with its own authority, which the server verifies them against")
     return n
 
 
@@ -90,11 +93,18 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     ``ray_address`` (``host:port`` of a running Ray cluster, see README "Scaling
     out") runs the devices on that cluster's nodes instead of a Ray started on
     this machine; ``client_app`` replaces fedrec's ClientApp (tests wrap it).
+    The runner plays the enrolment authority: its ClientApp's devices get
+    identities it certifies, and the server verifies their advertisements
+    under its public key (with a ``client_app`` of the caller's, only the
+    devices verify them).
     """
     from fedrec.client.app import make_client_app
     from fedrec.client.persist import PersistDeviceState
+    from fedrec.client.secagg import IdentityProvider
     from fedrec.server.app import make_server_app
     from flwr.simulation import run_simulation
+
+    from fedrec.secagg.crypto.identity import SimulationAuthority
 
     n_devices = validate(cfg)
     table = run_dir / DEVICE_STATE_FILE
@@ -117,10 +127,13 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     errors: list[Any] = []
     start = time.perf_counter()
     _quiet_flower(verbose)
+    authority = SimulationAuthority.generate() if client_app is None else None
+    if authority is not None:
+        client_app = make_client_app(mods=[PersistDeviceState(str(table))], identities=IdentityProvider(authority))
     run_simulation(
         server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results,
-                                   errors=errors),
-        client_app=client_app if client_app is not None else make_client_app(mods=[PersistDeviceState(str(table))]),
+                                   errors=errors, authority_key=None if authority is None else authority.public_key),
+        client_app=client_app,
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
                         "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose,
