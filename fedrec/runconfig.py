@@ -25,7 +25,7 @@ from typing import Any
 from fedrec.data.options import DATA_DEFAULTS, data_options
 from fedrec.data.spec import DataSpec
 from fedrec.data.synthetic import SyntheticConfig
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, SecAggError
 from fedrec.federated.plan import (
     BATCH_SIZE_KEY,
     LOCAL_EPOCHS_KEY,
@@ -39,6 +39,7 @@ from fedrec.federated.server_state import FedConfig
 from fedrec.model.mf import MFConfig
 from fedrec.privacy.config import RUN_CONFIG_KEYS as DP_KEYS
 from fedrec.privacy.config import DPConfig
+from fedrec.secagg.graph import DEFAULT_SECURITY, SecurityParams
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.local import LocalConfig
 from fedrec.wire import DOWNLINK_DTYPES
@@ -87,6 +88,21 @@ class SecAggSpec:
     every key advertisement and certificate with, dropping devices that fail; empty: only devices check them.
     A deployment's ServerApp reads it (``fedrec server run`` sets it from the state folder); a simulation uses
     its runner's own authority instead."""
+    sigma: float = DEFAULT_SECURITY.sigma
+    """Security parameter of the degree and threshold bound (:class:`fedrec.secagg.SecurityParams`): the server
+    and the corrupt devices learn more than the sum with probability at most 2^-sigma per round."""
+    eta: float = DEFAULT_SECURITY.eta
+    """Correctness parameter: a round fails for lack of live neighbours with probability at most 2^-eta."""
+    corrupt: float = DEFAULT_SECURITY.corrupt
+    """Fraction of a round's participants assumed corrupt and colluding with the server (gamma)."""
+    dropout: float = DEFAULT_SECURITY.dropout
+    """Probability that a participant drops out of a round (delta)."""
+
+    @property
+    def security(self) -> SecurityParams:
+        """The bound the server picks ``k`` and ``t`` by. Devices hold the result to their own floor
+        (``DEFAULT_SECURITY``, never taken from the server): settings weaker than it make them refuse."""
+        return SecurityParams(sigma=self.sigma, eta=self.eta, corrupt=self.corrupt, dropout=self.dropout)
 
 
 @dataclass(frozen=True)
@@ -475,10 +491,17 @@ def _secagg(flat: Mapping[str, Scalar]) -> SecAggSpec:
     bits = _get(flat, "secagg.bits", int)
     if bits not in (32, 64):
         raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
-    return SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
+    spec = SecAggSpec(_get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
                       _positive(flat, "secagg.clip"), _positive(flat, "secagg.timeout"),
                       _get(flat, "secagg.pipeline", bool), _int(flat, "secagg.eval-min-cohort", low=2),
-                      _get(flat, "secagg.authority-key", str))
+                      _get(flat, "secagg.authority-key", str),
+                      *(_get(flat, f"secagg.{name}", float) for name in ("sigma", "eta", "corrupt", "dropout")))
+    for name in ("sigma", "eta", "corrupt", "dropout"):
+        try:
+            SecurityParams(**{name: getattr(spec, name)})
+        except SecAggError as exc:
+            raise ConfigError(f"secagg.{name}: {exc}") from None
+    return spec
 
 
 def _opt_float(flat: Mapping[str, Any], key: str) -> float | None:

@@ -63,12 +63,13 @@ TrainResult = tuple[RoundSums, list[int], list[dict[str, float]]]
 def neighbours_for(spec: SecAggSpec, n: int) -> Neighbours:
     """The degree ``k`` of a cohort of ``n`` for ``secagg.neighbours`` (``"all"`` for the complete graph).
 
-    :func:`fedrec.secagg.neighbourhood_degree` decides: ``auto`` is the
-    security bound devices hold the server to, and an int below it is raised to it.
+    :func:`fedrec.secagg.neighbourhood_degree` decides under the run's
+    security parameters (``secagg.sigma``, ``eta``, ``corrupt``, ``dropout``):
+    ``auto`` is the bound, and an int below it is raised to it.
     """
     setting: int | Literal["all", "auto"] = (
         spec.neighbours if spec.neighbours in ("all", "auto") else int(spec.neighbours))  # type: ignore[assignment]
-    k = neighbourhood_degree(n, setting)
+    k = neighbourhood_degree(n, setting, params=spec.security)
     return "all" if k >= n - 1 else k
 
 
@@ -145,7 +146,8 @@ class SecureRounds:
         quant = quant_config_for(n_items=state.glob.n_items, dim=state.glob.dim, clip=spec.clip, bits=spec.bits,
                                  max_count=self.cfg.data.users_per_client, cohort=len(cohort))
         return RoundPlan(number=rnd, participants=tuple(cohort), threshold=threshold_for(spec),
-                         neighbours=neighbours_for(spec, len(cohort)), quant=quant, authority_key=self.authority_key)
+                         neighbours=neighbours_for(spec, len(cohort)), quant=quant, security=spec.security,
+                         authority_key=self.authority_key)
 
     def close(self) -> None:
         """The run is over: forget a pre-started round (devices drop its state with their next round)."""

@@ -57,7 +57,8 @@ def eval_plan(cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
         return None
     neighbours = neighbours_for(spec, n)
     k = n - 1 if neighbours == "all" else int(neighbours)
-    threshold = max(resolve_threshold(threshold_for(spec), n_participants=n, neighbours=neighbours), minimum)
+    threshold = max(resolve_threshold(threshold_for(spec), n_participants=n, neighbours=neighbours,
+                                      params=spec.security), minimum)
     if threshold > k:
         log.warning("round %d: no secure evaluation, threshold %d (secagg.eval-min-cohort) exceeds the %d "
                     "neighbours of each device", rnd, threshold, k)
@@ -65,7 +66,7 @@ def eval_plan(cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
     layout = eval_layout(kind=cfg.model.kind, rating_scale=rating_scale, users_per_client=cfg.data.users_per_client,
                          bits=spec.bits, cohort=n)
     return RoundPlan(number=rnd, participants=tuple(nodes), threshold=threshold, neighbours=neighbours, quant=layout,
-                     authority_key=authority_key)
+                     security=spec.security, authority_key=authority_key)
 
 
 def secure_evaluate(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,

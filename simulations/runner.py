@@ -69,20 +69,28 @@ def validate(cfg: RunConfig) -> int:
 
 
 def check_secagg_threshold(cfg: RunConfig, cohort: int) -> None:
-    """Refuse, before Flower starts and naming the key, a ``secagg.threshold`` the cohort cannot meet."""
+    """Refuse, before Flower starts and naming the key, a ``secagg.threshold`` the cohort cannot meet, or
+    security settings weaker than the devices' floor (which they would refuse round after round)."""
     from fedrec.server.secagg import neighbours_for, threshold_for
 
     from fedrec.secagg import SecAggError, resolve_threshold
-    from fedrec.secagg.graph import check_threshold
+    from fedrec.secagg.graph import DEFAULT_SECURITY, check_security, check_threshold
 
     neighbours = neighbours_for(cfg.secagg, cohort)
     k = cohort - 1 if neighbours == "all" else int(neighbours)
     try:
-        t = resolve_threshold(threshold_for(cfg.secagg), n_participants=cohort, neighbours=neighbours)
+        t = resolve_threshold(threshold_for(cfg.secagg), n_participants=cohort, neighbours=neighbours,
+                              params=cfg.secagg.security)
         check_threshold(t, k, allow_minority_threshold=False)
     except SecAggError as exc:
         raise ConfigError(f"secagg.threshold: {cfg.secagg.threshold:g} does not fit a cohort of {cohort} "
                           f"devices with {k} neighbours each: {exc}") from exc
+    try:  # what every device checks against its own floor, whatever the server's settings
+        check_security(cohort, k, t, params=DEFAULT_SECURITY)
+    except SecAggError as exc:
+        raise ConfigError(f"secagg.sigma/eta/corrupt/dropout: {cfg.secagg.security} gives k={k}, t={t} for "
+                          f"{cohort} devices, below the devices' own floor; they would refuse every round: {exc}"
+                          ) from exc
 
 
 def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: RoundHook | None = None,
