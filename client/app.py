@@ -26,13 +26,13 @@ from fedrec.deploy.runspec import CONFIG_KEY, envelope
 from fedrec.runconfig import RunConfig
 
 from .device import EvaluateHandler, SourceProvider, TrainHandler, device_source
-from .secagg import register_secagg, simulation_identities
+from .secagg import IdentityProvider, register_secagg, simulation_identities
 from .secure_eval import register_secure_eval
 
 
 def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] | None = None,
                     run_config: RunConfig | Sequence[RunConfig] | None = None,
-                    seeded_noise: bool = False) -> ClientApp:
+                    seeded_noise: bool = False, identities: IdentityProvider | None = None) -> ClientApp:
     """A ClientApp whose devices read their rows through ``source``; ``mods`` are Flower client mods.
 
     Devices read the run's configuration from ``context.run_config``, where
@@ -43,13 +43,18 @@ def make_client_app(source: SourceProvider = device_source, *, mods: list[Mod] |
 
     ``seeded_noise`` (simulations only) makes DP noise a function of the run's
     seed (:func:`~.device.train_device`); the deployed ``app`` leaves it off.
+
+    ``identities``: where simulated devices get their certified identities (the
+    simulation runner passes its authority, whose public key the server gets
+    too); a fresh simulation authority when omitted. Deployed devices read
+    theirs from their identity folder either way.
     """
     configs = [run_config] if isinstance(run_config, RunConfig) else list(run_config or [])
     outer: list[Mod] = [RunConfigMod.of(configs)] if configs else []
     app = ClientApp(mods=[*outer, *(mods or [])])
     app.train()(TrainHandler(source, seeded_noise=seeded_noise))
     app.evaluate()(EvaluateHandler(source))
-    identities = simulation_identities()  # one authority for both kinds of secure round
+    identities = identities or simulation_identities()  # one authority for both kinds of secure round
     register_secagg(app, source, identities, seeded_noise=seeded_noise)
     register_secure_eval(app, source, identities)
     return app

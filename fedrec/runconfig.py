@@ -28,7 +28,7 @@ from typing import Any
 from fedrec import flatconfig as fc
 from fedrec.data.options import DATA_DEFAULTS
 from fedrec.data.spec import DataSpec, synthetic_key_known
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, SecAggError
 from fedrec.federated.plan import (
     BATCH_SIZE_KEY,
     LOCAL_EPOCHS_KEY,
@@ -42,6 +42,7 @@ from fedrec.federated.server_state import FedConfig
 from fedrec.model.mf import MFConfig
 from fedrec.privacy.config import RUN_CONFIG_KEYS as DP_KEYS
 from fedrec.privacy.config import DPConfig
+from fedrec.secagg.graph import DEFAULT_SECURITY, SecurityParams
 from fedrec.train.aggregate import ServerOptConfig
 from fedrec.train.local import LocalConfig
 from fedrec.wire import DOWNLINK_DTYPES
@@ -88,6 +89,26 @@ class SecAggSpec:
     """Send the next round's setup and share with this round's mask and unmask (two trips a round, not four)."""
     eval_min_cohort: int = 5
     """Fewest devices whose evaluation sums the server may unmask together (the evaluation round's threshold)."""
+    authority_key: str = ""
+    """File of the enrolment authority's public key (``authority.pub``, 32 raw bytes) for the server to verify
+    every key advertisement and certificate with, dropping devices that fail; empty: only devices check them.
+    A deployment's ServerApp reads it (``fedrec server run`` sets it from the state folder); a simulation uses
+    its runner's own authority instead."""
+    sigma: float = DEFAULT_SECURITY.sigma
+    """Security parameter of the degree and threshold bound (:class:`fedrec.secagg.SecurityParams`): the server
+    and the corrupt devices learn more than the sum with probability at most 2^-sigma per round."""
+    eta: float = DEFAULT_SECURITY.eta
+    """Correctness parameter: a round fails for lack of live neighbours with probability at most 2^-eta."""
+    corrupt: float = DEFAULT_SECURITY.corrupt
+    """Fraction of a round's participants assumed corrupt and colluding with the server (gamma)."""
+    dropout: float = DEFAULT_SECURITY.dropout
+    """Probability that a participant drops out of a round (delta)."""
+
+    @property
+    def security(self) -> SecurityParams:
+        """The bound the server picks ``k`` and ``t`` by. Devices hold the result to their own floor
+        (``DEFAULT_SECURITY``, never taken from the server): settings weaker than it make them refuse."""
+        return SecurityParams(sigma=self.sigma, eta=self.eta, corrupt=self.corrupt, dropout=self.dropout)
 
     @classmethod
     def from_run_config(cls, flat: Mapping[str, Any]) -> SecAggSpec:
@@ -102,9 +123,17 @@ class SecAggSpec:
         bits = fc.get(flat, "secagg.bits", int)
         if bits not in (32, 64):
             raise ConfigError(f"secagg.bits: must be 32 or 64, got {bits}")
-        return cls(fc.get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
+        spec = cls(fc.get(flat, "secagg.enabled", bool), threshold, neighbours, bits,
                    fc.positive(flat, "secagg.clip"), fc.positive(flat, "secagg.timeout"),
-                   fc.get(flat, "secagg.pipeline", bool), fc.integer(flat, "secagg.eval-min-cohort", low=2))
+                   fc.get(flat, "secagg.pipeline", bool), fc.integer(flat, "secagg.eval-min-cohort", low=2),
+                   fc.get(flat, "secagg.authority-key", str),
+                   *(fc.get(flat, f"secagg.{name}", float) for name in ("sigma", "eta", "corrupt", "dropout")))
+        for name in ("sigma", "eta", "corrupt", "dropout"):
+            try:
+                SecurityParams(**{name: getattr(spec, name)})
+            except SecAggError as exc:
+                raise ConfigError(f"secagg.{name}: {exc}") from None
+        return spec
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from fedrec.deploy.keys import (
 from fedrec.deploy.tls import sans, write_tls
 from fedrec.errors import CheckpointError, DeployError, FedRecError
 from fedrec.runconfig import RunConfig, dump_toml, load_toml, parse_overrides
-from fedrec.secagg.crypto.identity import AUTHORITY_FILE
+from fedrec.secagg.crypto.identity import AUTHORITY_FILE, load_authority_key
 from fedrec.store.artifact import sign_model, write_model
 from fedrec.store.atomic import atomic_write_text
 from fedrec.store.checkpoint import load_checkpoint
@@ -57,6 +57,8 @@ from . import flower
 from .flower import State
 
 log = logging.getLogger("fedrec.server")
+
+AUTHORITY_KEY_SETTING = "secagg.authority-key"
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
@@ -143,15 +145,26 @@ def cmd_stop(args: argparse.Namespace, state: State) -> int:
 # ---------------------------------------------------------------- run / resume
 
 
-def resolve_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
-    """File, then ``--set``; the run folder is this state's; validated before anything is submitted."""
+def resolve_config(args: argparse.Namespace, run_dir: Path, *, authority: Path | None = None) -> RunConfig:
+    """File, then ``--set``; the run folder is this state's; validated before anything is submitted.
+
+    A secure run's ``secagg.authority-key`` defaults to ``authority`` (the state
+    folder's ``authority/authority.pub``) when that file exists, so the server
+    verifies the devices' key advertisements too; a key file given is read
+    here, so a bad one fails before the run is submitted.
+    """
     flat: dict[str, Any] = load_toml(args.config) if args.config else {}
     flat.update(parse_overrides(args.overrides))
     env_dir = os.environ.get("FEDREC_DATA_DIR")
     if env_dir and not flat.get("data-dir") and flat.get("dataset", "synthetic") != "synthetic":
         flat["data-dir"] = env_dir
     flat["run-dir"] = str(run_dir.resolve())
-    return RunConfig.from_flat(flat)
+    cfg = RunConfig.from_flat(flat)
+    if cfg.secagg.enabled and not cfg.secagg.authority_key and authority is not None and authority.exists():
+        cfg = RunConfig.from_flat({**flat, AUTHORITY_KEY_SETTING: str(authority.resolve())})
+    if cfg.secagg.enabled and cfg.secagg.authority_key:
+        load_authority_key(cfg.secagg.authority_key)
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace, state: State) -> int:
@@ -159,7 +172,7 @@ def cmd_run(args: argparse.Namespace, state: State) -> int:
     folder = state.run_dir(name)
     if (folder / runspec.RUN_JSON).exists():
         raise DeployError(f"{folder}: run {name!r} exists ('fedrec server resume {name}' continues it)")
-    cfg = resolve_config(args, folder)
+    cfg = resolve_config(args, folder, authority=state.root / "authority" / AUTHORITY_FILE)
     load_run_dataset(cfg.data)
     app = flower.app_dir(args.app)
     link = flower.running_superlink(state)

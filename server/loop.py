@@ -68,15 +68,21 @@ class RunResult:
 
 
 def train_over_grid(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir: Path | None = None,
-               on_round: RoundCallback | None = None, resume: bool = False) -> RunResult:
-    """Run all rounds of ``cfg`` on the devices reachable through ``grid``."""
+                    on_round: RoundCallback | None = None, resume: bool = False,
+                    authority_key: bytes | None = None) -> RunResult:
+    """Run all rounds of ``cfg`` on the devices reachable through ``grid``.
+
+    ``authority_key`` (the enrolment authority's public key, when the server
+    has it) makes the server verify every secure round's advertisements too
+    and drop the devices whose advertisement does not verify (:class:`.secagg.SecureRounds`).
+    """
     nodes = wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout)
     size = cfg.fed.cohort_size(len(nodes))
     cfg = cfg.for_population(len(nodes))  # its t_min (distributed noise) and digest ride in every downlink
     privacy = server_policy(cfg.privacy_plan(), population=len(nodes))
     state = _initial_state(cfg, catalogue, run_dir, resume, privacy)
     result = RunResult(state)
-    secure = SecureRounds(grid, cfg) if cfg.secagg.enabled else None
+    secure = SecureRounds(grid, cfg, authority_key=authority_key) if cfg.secagg.enabled else None
     pipelined = secure is not None and cfg.secagg.pipeline
     next_cohort: list[int] | None = None
     while state.round < cfg.fed.rounds:
@@ -100,7 +106,8 @@ def train_over_grid(grid: Grid, cfg: RunConfig, catalogue: Catalogue, *, run_dir
                                "aggregate_seconds": done - applied,
                                **privacy.report(device_metrics)}
         if rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds:
-            row.update(evaluate_round(grid, cfg, state, nodes, rnd, rating_scale=catalogue.rating_scale))
+            row.update(evaluate_round(grid, cfg, state, nodes, rnd, rating_scale=catalogue.rating_scale,
+                                      authority_key=authority_key))
         _record(run_dir, state, cfg, row, privacy.state_dict(), start)
         result.history.append(row)
         if on_round:
@@ -181,7 +188,7 @@ def _checked(reply: Message | None, node: int, n_items: int, dim: int, *, wrmf: 
 
 
 def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
-                   rating_scale: tuple[float, float] | None) -> dict[str, float]:
+                   rating_scale: tuple[float, float] | None, authority_key: bytes | None = None) -> dict[str, float]:
     """An evaluation cohort (``eval-cohort``) evaluates on its held-out rows; only sums and counts come back.
 
     The row reports ``eval_devices``, the size of the cohort, so a sampled
@@ -194,7 +201,8 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
     """
     cohort = sample_eval_cohort(nodes, cfg.fed.eval_size(len(nodes)), seed=cfg.fed.seed, round_=rnd)
     if cfg.secagg.enabled:
-        return {**secure_evaluate(grid, cfg, state, cohort, rnd, rating_scale=rating_scale),
+        return {**secure_evaluate(grid, cfg, state, cohort, rnd, rating_scale=rating_scale,
+                                  authority_key=authority_key),
                 "eval_devices": len(cohort)}
     content = train_content(global_record(state.glob, cfg.downlink),
                             downlink_record(cfg, round_=rnd, global_mean=state.glob.global_mean,

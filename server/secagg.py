@@ -63,12 +63,13 @@ TrainResult = tuple[RoundSums, list[int], list[dict[str, float]]]
 def neighbours_for(spec: SecAggSpec, n: int) -> Neighbours:
     """The degree ``k`` of a cohort of ``n`` for ``secagg.neighbours`` (``"all"`` for the complete graph).
 
-    :func:`fedrec.secagg.neighbourhood_degree` decides: ``auto`` is the
-    security bound devices hold the server to, and an int below it is raised to it.
+    :func:`fedrec.secagg.neighbourhood_degree` decides under the run's
+    security parameters (``secagg.sigma``, ``eta``, ``corrupt``, ``dropout``):
+    ``auto`` is the bound, and an int below it is raised to it.
     """
     setting: int | Literal["all", "auto"] = (
         spec.neighbours if spec.neighbours in ("all", "auto") else int(spec.neighbours))  # type: ignore[assignment]
-    k = neighbourhood_degree(n, setting)
+    k = neighbourhood_degree(n, setting, params=spec.security)
     return "all" if k >= n - 1 else k
 
 
@@ -79,13 +80,13 @@ def threshold_for(spec: SecAggSpec) -> int | float:
 
 
 def secure_train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[int],
-                       rnd: int) -> TrainResult:
+                       rnd: int, *, authority_key: bytes | None = None) -> TrainResult:
     """One stand-alone training round (four trips) whose updates the server only sees summed (SecAgg+).
 
     Returns the survivors' sums, the cohort members left out of the sum and the
     metrics of every device that trained this round (answered the mask stage).
     """
-    return SecureRounds(grid, cfg).train(state, cohort, rnd)
+    return SecureRounds(grid, cfg, authority_key=authority_key).train(state, cohort, rnd)
 
 
 class SecureRounds:
@@ -97,10 +98,16 @@ class SecureRounds:
         The Flower Grid the messages go through.
     cfg
         The run configuration (``secagg.*``, the round settings devices receive).
+    authority_key
+        The enrolment authority's public key (32 bytes), when the server has
+        it: advertisements and certificates that do not verify under it are
+        dropped (logged as rejected, a dropout of that round) before any
+        device sees them. ``None``: only the devices check them.
     """
 
-    def __init__(self, grid: Grid, cfg: RunConfig) -> None:
+    def __init__(self, grid: Grid, cfg: RunConfig, *, authority_key: bytes | None = None) -> None:
         self.grid, self.cfg = grid, cfg
+        self.authority_key = authority_key
         self.pipeline = RoundPipeline()
 
     def train(self, state: ServerState, cohort: list[int], rnd: int, *,
@@ -139,7 +146,8 @@ class SecureRounds:
         quant = quant_config_for(n_items=state.glob.n_items, dim=state.glob.dim, clip=spec.clip, bits=spec.bits,
                                  max_count=self.cfg.data.users_per_client, cohort=len(cohort))
         return RoundPlan(number=rnd, participants=tuple(cohort), threshold=threshold_for(spec),
-                         neighbours=neighbours_for(spec, len(cohort)), quant=quant)
+                         neighbours=neighbours_for(spec, len(cohort)), quant=quant, security=spec.security,
+                         authority_key=self.authority_key)
 
     def close(self) -> None:
         """The run is over: forget a pre-started round (devices drop its state with their next round)."""

@@ -48,7 +48,7 @@ class EvalTrip(GridTrip):
 
 
 def eval_plan(cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
-              rating_scale: tuple[float, float] | None) -> RoundPlan | None:
+              rating_scale: tuple[float, float] | None, authority_key: bytes | None = None) -> RoundPlan | None:
     """The evaluation round's plan, or None (logged) when the devices cannot meet the minimum cohort."""
     spec, n = cfg.secagg, len(nodes)
     minimum = spec.eval_min_cohort
@@ -57,20 +57,25 @@ def eval_plan(cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
         return None
     neighbours = neighbours_for(spec, n)
     k = n - 1 if neighbours == "all" else int(neighbours)
-    threshold = max(resolve_threshold(threshold_for(spec), n_participants=n, neighbours=neighbours), minimum)
+    threshold = max(resolve_threshold(threshold_for(spec), n_participants=n, neighbours=neighbours,
+                                      params=spec.security), minimum)
     if threshold > k:
         log.warning("round %d: no secure evaluation, threshold %d (secagg.eval-min-cohort) exceeds the %d "
                     "neighbours of each device", rnd, threshold, k)
         return None
     layout = eval_layout(kind=cfg.model.kind, rating_scale=rating_scale, users_per_client=cfg.data.users_per_client,
                          bits=spec.bits, cohort=n)
-    return RoundPlan(number=rnd, participants=tuple(nodes), threshold=threshold, neighbours=neighbours, quant=layout)
+    return RoundPlan(number=rnd, participants=tuple(nodes), threshold=threshold, neighbours=neighbours, quant=layout,
+                     security=spec.security, authority_key=authority_key)
 
 
 def secure_evaluate(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[int], rnd: int, *,
-                    rating_scale: tuple[float, float] | None) -> dict[str, float]:
-    """Every device evaluates; the secure sum returns the totals, turned into the cohort's metrics."""
-    plan = eval_plan(cfg, state, nodes, rnd, rating_scale=rating_scale)
+                    rating_scale: tuple[float, float] | None, authority_key: bytes | None = None) -> dict[str, float]:
+    """Every device evaluates; the secure sum returns the totals, turned into the cohort's metrics.
+
+    ``authority_key``: as for :class:`~.secagg.SecureRounds` (devices that do not verify are dropped).
+    """
+    plan = eval_plan(cfg, state, nodes, rnd, rating_scale=rating_scale, authority_key=authority_key)
     if plan is None:
         return {}
     try:

@@ -244,7 +244,8 @@ def graph_of(cfg: RunConfig, n: int) -> tuple[int, int]:
 
     neighbours = neighbours_for(cfg.secagg, n)
     k = n - 1 if neighbours == "all" else int(neighbours)
-    return k, resolve_threshold(threshold_for(cfg.secagg), n_participants=n, neighbours=neighbours)
+    return k, resolve_threshold(threshold_for(cfg.secagg), n_participants=n, neighbours=neighbours,
+                                params=cfg.secagg.security)
 
 
 def simulate(server_main: Callable[[Grid, Context], None], client: ClientApp, n_devices: int) -> None:
@@ -263,8 +264,12 @@ def simulate(server_main: Callable[[Grid, Context], None], client: ClientApp, n_
 def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], rounds: int) -> list[Row]:
     """fedrec's plain and secure rounds at every cohort size, in one simulation."""
     from fedrec.client.app import make_client_app
+    from fedrec.client.secagg import IdentityProvider
     from fedrec.server.loop import wait_for_nodes
 
+    from fedrec.secagg.crypto.identity import SimulationAuthority
+
+    authority = SimulationAuthority.generate()  # as the runner does: the server verifies advertisements too
     users = max(cohorts)
     configs = {mode: bench_config(items, users, NEIGHBOURS[mode], pipeline=mode in PIPELINED) for mode in modes}
     secure_modes = [m for m in modes if m != "plain"] or ["plain"]
@@ -280,7 +285,8 @@ def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], round
         for n in cohorts:
             for mode in secure_modes:
                 paired = "plain" in configs and mode != "plain"
-                rnd = measure_rounds(metered, configs[mode], state, nodes, n, mode, rounds, rnd, paired=paired)
+                rnd = measure_rounds(metered, configs[mode], state, nodes, n, mode, rounds, rnd, paired=paired,
+                                     authority_key=authority.public_key)
                 plain_windows += [w for w in metered.windows if w.label[0] == "plain"]
                 if mode != "plain":
                     k, t = graph_of(configs[mode], n)
@@ -293,12 +299,13 @@ def bench_fedrec(items: int, cohorts: Sequence[int], modes: Sequence[str], round
                 print(format_row(rows[-1], None), flush=True)
 
     every = [c for cfg in configs.values() for c in (cfg, plain_config(cfg))]  # the devices hold each one
-    simulate(main, TimedClientApp.wrap(make_client_app(run_config=every), log_dir), users)
+    simulate(main, TimedClientApp.wrap(make_client_app(run_config=every, identities=IdentityProvider(authority)),
+                                       log_dir), users)
     return rows
 
 
 def measure_rounds(metered: MeteredGrid, cfg: RunConfig, state: ServerState, nodes: list[int], n: int, mode: str,
-                   rounds: int, rnd: int, *, paired: bool = False) -> int:
+                   rounds: int, rnd: int, *, paired: bool = False, authority_key: bytes | None = None) -> int:
     """A warm-up round and ``rounds`` measured ones of ``mode``; returns the last round number used.
 
     With ``paired`` a plain round (window label ``plain``) runs just before
@@ -306,12 +313,13 @@ def measure_rounds(metered: MeteredGrid, cfg: RunConfig, state: ServerState, nod
     after every round, the measured ones included, so each measured round is
     a steady-state round (the last pre-started round is abandoned); a plain
     round in between does not touch the devices' secure-aggregation state.
+    With ``authority_key`` the server verifies every advertisement, as a run does.
     """
     from fedrec.server.loop import _train_round
     from fedrec.server.secagg import SecureRounds
 
     plain_cfg = plain_config(cfg)
-    secure = None if mode == "plain" else SecureRounds(metered, cfg)
+    secure = None if mode == "plain" else SecureRounds(metered, cfg, authority_key=authority_key)
     cohorts = [sample_cohort(nodes, n, state.rng) for _ in range(rounds + 2)]
     for r in range(rounds + 1):
         rnd += 1

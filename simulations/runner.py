@@ -59,24 +59,35 @@ def validate(cfg: RunConfig) -> int:
     size = cfg.fed.cohort_size(n)
     if cfg.secagg.enabled:
         check_secagg_threshold(cfg, size)
+        if cfg.secagg.authority_key:
+            raise ConfigError(f"secagg.authority-key: {cfg.secagg.authority_key!r} is for deployed runs; a simulation "
+                              "enrols its devices with its own authority, which the server verifies them against")
     return n
 
 
 def check_secagg_threshold(cfg: RunConfig, cohort: int) -> None:
-    """Refuse, before Flower starts and naming the key, a ``secagg.threshold`` the cohort cannot meet."""
+    """Refuse, before Flower starts and naming the key, a ``secagg.threshold`` the cohort cannot meet, or
+    security settings weaker than the devices' floor (which they would refuse round after round)."""
     from fedrec.server.secagg import neighbours_for, threshold_for
 
     from fedrec.secagg import SecAggError, resolve_threshold
-    from fedrec.secagg.graph import check_threshold
+    from fedrec.secagg.graph import DEFAULT_SECURITY, check_security, check_threshold
 
     neighbours = neighbours_for(cfg.secagg, cohort)
     k = cohort - 1 if neighbours == "all" else int(neighbours)
     try:
-        t = resolve_threshold(threshold_for(cfg.secagg), n_participants=cohort, neighbours=neighbours)
+        t = resolve_threshold(threshold_for(cfg.secagg), n_participants=cohort, neighbours=neighbours,
+                              params=cfg.secagg.security)
         check_threshold(t, k, allow_minority_threshold=False)
     except SecAggError as exc:
         raise ConfigError(f"secagg.threshold: {cfg.secagg.threshold:g} does not fit a cohort of {cohort} "
                           f"devices with {k} neighbours each: {exc}") from exc
+    try:  # what every device checks against its own floor, whatever the server's settings
+        check_security(cohort, k, t, params=DEFAULT_SECURITY)
+    except SecAggError as exc:
+        raise ConfigError(f"secagg.sigma/eta/corrupt/dropout: {cfg.secagg.security} gives k={k}, t={t} for "
+                          f"{cohort} devices, below the devices' own floor; they would refuse every round: {exc}"
+                          ) from exc
 
 
 def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: RoundHook | None = None,
@@ -88,11 +99,18 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     out") runs the devices on that cluster's nodes instead of a Ray started on
     this machine; ``client_app`` replaces fedrec's ClientApp (tests wrap it; it must hand the
     devices ``cfg``, as ``make_client_app(run_config=cfg)`` does).
+    The runner plays the enrolment authority: its ClientApp's devices get
+    identities it certifies, and the server verifies their advertisements
+    under its public key (with a ``client_app`` of the caller's, only the
+    devices verify them).
     """
     from fedrec.client.app import make_client_app
     from fedrec.client.persist import PersistDeviceState
+    from fedrec.client.secagg import IdentityProvider
     from fedrec.server.app import make_server_app
     from flwr.simulation import run_simulation
+
+    from fedrec.secagg.crypto.identity import SimulationAuthority
 
     n_devices = validate(cfg)
     table = run_dir / DEVICE_STATE_FILE
@@ -115,11 +133,14 @@ def simulate(cfg: RunConfig, run_dir: Path, *, resume: bool = False, on_round: R
     errors: list[Any] = []
     start = time.perf_counter()
     _quiet_flower(verbose)
+    authority = SimulationAuthority.generate() if client_app is None else None
+    if authority is not None:
+        client_app = make_client_app(mods=[PersistDeviceState(str(table))], run_config=cfg, seeded_noise=True,
+                                     identities=IdentityProvider(authority))
     run_simulation(
         server_app=make_server_app(cfg, run_dir=run_dir, on_round=on_round, resume=resume, results=results,
-                                   errors=errors),
-        client_app=client_app if client_app is not None else make_client_app(mods=[PersistDeviceState(str(table))],
-                                                                              run_config=cfg, seeded_noise=True),
+                                   errors=errors, authority_key=None if authority is None else authority.public_key),
+        client_app=client_app,
         num_supernodes=n_devices,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
                         "init_args": {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose,

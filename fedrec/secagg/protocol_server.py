@@ -135,8 +135,11 @@ class SecAggServer:
         (``None``: take ``neighbours`` as given; small test graphs only).
     authority_key:
         The enrolment authority's public key, when the server has it: then
-        advertisements that do not verify are dropped at once (devices verify
-        them anyway), so one bad device cannot make its neighbours refuse.
+        advertisements that do not verify (a certificate the authority did not
+        issue, a signature over other keys or another setup), and nodes that
+        present one enrolment id twice, are dropped at once and logged
+        (:attr:`rejected`); devices verify them anyway, but without this check
+        one bad device makes every neighbour refuse the round.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class SecAggServer:
         self._abort_reason: str | None = None
         self.rejected: dict[int, str] = {}
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._subjects: dict[int, int] = {}
         self._holders: dict[int, frozenset[int]] = {}
         self._routed: dict[int, frozenset[int]] = {}
         self._requests: dict[int, UnmaskRequest] = {}
@@ -290,6 +294,7 @@ class SecAggServer:
             replies, AdvertiseKeys, frozenset(self.setup.participants), self._check_advertise
         )
         accepted = self._drop_duplicate_keys(accepted)
+        accepted = self._drop_duplicate_subjects(accepted)
         self._keys = {node: (m.c_pk, m.s_pk) for node, m in accepted.items()}
         self._u1 = frozenset(accepted)
         self._require(len(self._u1), "clients advertised keys")
@@ -323,9 +328,22 @@ class SecAggServer:
         self._probe.agree(msg.c_pk)
         self._probe.agree(msg.s_pk)
         if self._authority is not None:
-            verify_advert(authority_key=self._authority, round_id=msg.round_id, node_id=msg.node_id,
-                          c_pk=msg.c_pk, s_pk=msg.s_pk, setup_digest=self._setup_digest,
-                          certificate=msg.certificate, signature=msg.signature)
+            cert = verify_advert(authority_key=self._authority, round_id=msg.round_id, node_id=msg.node_id,
+                                 c_pk=msg.c_pk, s_pk=msg.s_pk, setup_digest=self._setup_digest,
+                                 certificate=msg.certificate, signature=msg.signature)
+            self._subjects[node] = cert.subject
+
+    def _drop_duplicate_subjects(self, accepted: dict[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]:
+        """Nodes presenting one enrolment id (one device posing as several) are all dropped (verified ids only)."""
+        counts = Counter(self._subjects[n] for n in accepted if n in self._subjects)
+        clashing = {n for n in accepted if n in self._subjects and counts[self._subjects[n]] > 1}
+        if clashing and self._strict:
+            raise SecAggIntegrityError(f"AdvertiseKeys: nodes {sorted(clashing)} present one enrolment id")
+        for node in sorted(clashing):
+            reason = f"AdvertiseKeys: enrolment id {self._subjects[node]} also presented by another node"
+            self.rejected.setdefault(node, reason)
+            logger.warning("round %d: rejected node %d: %s", self.setup.round_id, node, reason)
+        return {n: m for n, m in accepted.items() if n not in clashing}
 
     def _drop_duplicate_keys(self, accepted: dict[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]:
         counts = Counter(k for m in accepted.values() for k in (m.c_pk, m.s_pk))

@@ -310,6 +310,7 @@ def aggregate_round_by_stage(
     allow_minority_threshold: bool = False,
     security: SecurityParams | None = DEFAULT_SECURITY,
     model_digest: bytes | None = None,
+    authority_key: bytes | None = None,
 ) -> AggregateResult:
     """Run one secure-aggregation round among ``participants`` through ``exchange``, a trip per stage.
 
@@ -322,7 +323,7 @@ def aggregate_round_by_stage(
         (error replies) are dropouts.
     threshold:
         An int ``t``, or a fraction in ``(0, 1]`` (:func:`resolve_threshold`).
-    neighbours, quant, graph_seed, strict, allow_minority_threshold, security:
+    neighbours, quant, graph_seed, strict, allow_minority_threshold, security, authority_key:
         As for :class:`SecAggServer`.
     model_digest:
         The digest of the downlink sent with the mask stage, when there is one.
@@ -344,6 +345,7 @@ def aggregate_round_by_stage(
         strict=strict,
         allow_minority_threshold=allow_minority_threshold,
         security=security,
+        authority_key=authority_key,
     )
     if model_digest is not None:
         driver.bind_model(model_digest)
@@ -358,7 +360,9 @@ class RoundPlan:
     """What the server fixes before a round: its number, cohort and settings.
 
     ``number`` is the server's round number (protocol ids derive from it);
-    the other fields are those of :class:`SecAggServer`.
+    the other fields are those of :class:`SecAggServer` (``authority_key``:
+    the enrolment authority's public key when the server has it, so that it
+    drops advertisements that do not verify before any device sees them).
     """
 
     number: int
@@ -368,6 +372,7 @@ class RoundPlan:
     quant: QuantConfig
     graph_seed: bytes | None = field(default=None, repr=False)
     security: SecurityParams | None = DEFAULT_SECURITY
+    authority_key: bytes | None = field(default=None, repr=False)
 
     def driver(self, *, prestarted: bool, strict: bool, allow_minority_threshold: bool) -> RoundDriver:
         """A fresh driver for this plan (:func:`protocol_round_id` gives its id)."""
@@ -381,6 +386,7 @@ class RoundPlan:
             strict=strict,
             allow_minority_threshold=allow_minority_threshold,
             security=self.security,
+            authority_key=self.authority_key,
         )
 
 

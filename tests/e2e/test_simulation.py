@@ -136,6 +136,16 @@ def test_bad_config_fails_before_the_first_round() -> None:
         validate(RunConfig.from_flat({**SMALL, "cohort": 100}))
 
 
+def test_a_simulation_refuses_an_authority_key_file() -> None:
+    """A simulation's server verifies devices under the runner's own authority; a deployment's key file is refused."""
+    from fedrec.simulations.runner import validate
+
+    from fedrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="secagg.authority-key: .* is for deployed runs"):
+        validate(RunConfig.from_flat({**SMALL, "secagg.enabled": True, "secagg.authority-key": "authority.pub"}))
+
+
 @pytest.mark.slow
 def test_a_device_that_times_out_is_a_dropout() -> None:
     """Round 2: one device answers after the round timeout; the round goes on without it.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fedrec.client.app import make_client_app
 from fedrec.server.app import catalogue_for
-from fedrec.server.loop import run_on_grid
+from fedrec.server.loop import train_over_grid
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
@@ -49,9 +49,9 @@ def _flower(cfg: RunConfig) -> tuple[_BothWays, list[dict[str, Any]], Any]:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         box["grid"] = _BothWays(grid)
-        box["result"] = run_on_grid(box["grid"], cfg, catalogue_for(cfg))
+        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
 
-    run_simulation(server_app=app, client_app=make_client_app(), num_supernodes=N_USERS, backend_config=BACKEND)
+    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=N_USERS, backend_config=BACKEND)
     return box["grid"], box["result"].history, box["result"].state
 
 

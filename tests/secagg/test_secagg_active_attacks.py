@@ -41,6 +41,7 @@ from fedrec.secagg.crypto.keys import KeyPair
 from fedrec.secagg.crypto.shamir import PRIME, element_from_bytes, element_to_bytes, inverse
 from fedrec.secagg.graph import min_threshold
 from fedrec.secagg.layout import model_digest
+from fedrec.secagg.messages import setup_digest
 
 IDS = list(range(1, 13))
 QUANT = QuantConfig(segments=(SegmentSpec.symmetric("x", 64, clip=1.0), SegmentSpec("n", 4, lo=0.0, hi=1.0)))
@@ -123,14 +124,49 @@ def test_replayed_or_relabelled_advertisements_are_refused() -> None:
 
 
 def test_one_device_posing_as_two_neighbours_is_refused() -> None:
-    """A corrupt device's certificate under two node ids (a Sybil) is refused by the neighbour that sees both."""
+    """A corrupt device's certificate under two node ids (a Sybil) is refused by the neighbour that sees both,
+    when the server forwards both (a server with the authority key drops them first: the next test)."""
     server, clients = cohort()
     adverts = {i: clients[i].advertise(server.setup) for i in IDS}
     sybil = SecAggClient(node_id=IDS[3], trust=trust(IDS[2], DEFAULT_SECURITY))  # node 4 holding device 3's identity
     adverts[IDS[3]] = sybil.advertise(server.setup)
-    keys = server.collect_keys(adverts)
+    forwarding = SecAggServer(round_id=4, participants=IDS, threshold=server.threshold, neighbours="auto",
+                              quant=QUANT.resolve(len(IDS)), graph_seed=server.setup.graph_seed)
+    keys = forwarding.collect_keys(adverts)
     with pytest.raises(SecAggIntegrityError, match="present one enrolment id"):
         clients[IDS[0]].share(keys[IDS[0]])
+
+
+def test_a_server_with_the_authority_key_drops_forged_and_sybil_advertisements(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A self-certified device, an advertisement over keys it was not signed for and a Sybil are dropped (and
+    logged) at the setup stage, before any device sees them; the others' round completes with their exact sum."""
+    server, clients = cohort()
+    adverts = {i: clients[i].advertise(server.setup) for i in IDS}
+    rogue = Authority.generate().enrol(IDS[0])  # the same enrolment id, certified by an authority of its own
+    forged = adverts[IDS[0]]
+    adverts[IDS[0]] = replace(forged, certificate=rogue.certificate.to_bytes(), signature=rogue.sign_advert(
+        round_id=4, node_id=IDS[0], c_pk=forged.c_pk, s_pk=forged.s_pk, setup_digest=setup_digest(server.setup)))
+    other = KeyPair.generate(np.random.default_rng(5).bytes).public
+    adverts[IDS[1]] = replace(adverts[IDS[1]], c_pk=other)  # a genuine certificate, a signature over other keys
+    adverts[IDS[3]] = SecAggClient(node_id=IDS[3], trust=trust(IDS[2], DEFAULT_SECURITY)).advertise(server.setup)
+    with caplog.at_level("WARNING", logger="fedrec.secagg.protocol_server"):
+        keys = server.collect_keys(adverts)
+    dropped = {IDS[0], IDS[1], IDS[2], IDS[3]}
+    assert set(keys) == set(IDS) - dropped and all(not set(m.peers) & dropped for m in keys.values())
+    assert "certificate of enrolment id" in server.rejected[IDS[0]]
+    assert f"advertisement of node {IDS[1]} (round 4): signature does not verify" in server.rejected[IDS[1]]
+    assert server.rejected[IDS[2]] == server.rejected[IDS[3]]
+    assert "also presented by another node" in server.rejected[IDS[3]]
+    assert caplog.text.count("rejected") == 4
+    shares = {i: clients[i].share(keys[i]) for i in keys}
+    routed = server.collect_shares(shares)
+    data = inputs()
+    requests = server.collect_masked({i: clients[i].mask(routed[i], data[i]) for i in routed})
+    result = server.collect_unmask({i: clients[i].unmask(requests[i]) for i in requests})
+    assert result.survivors == sorted(set(IDS) - dropped) and result.dropped == sorted(dropped)
+    want = sum(data[i]["x"] for i in result.survivors)
+    assert np.abs(result.sums["x"] - want).max() <= len(IDS) / QUANT.resolve(len(IDS)).segments[0].scale
 
 
 # -- parameters chosen by the server ----------------------------------------------------------

@@ -24,6 +24,7 @@ from fedrec.secagg import (
     UnmaskResponse,
 )
 from fedrec.secagg.crypto.shamir import ELEMENT_BYTES
+from fedrec.secagg.graph import DEFAULT_SECURITY, resolve_threshold
 from fedrec.secagg.inprocess import STAGES, RoundTrace, Stage, aggregate_in_process, build_cohort
 
 LAYOUT = QuantConfig(
@@ -105,6 +106,37 @@ def test_dropouts_at_every_stage_in_one_round() -> None:
     assert result.dropped == sorted([ids[0], ids[3], ids[5]])
     assert result.n_contributors == 9
     assert_sum_within_bound(result, server, inputs)
+
+
+@pytest.mark.parametrize(("n", "neighbours", "k", "t"), [(24, "all", 23, 13), (60, "auto", 40, 22)])
+def test_dropouts_at_every_stage_under_the_security_bound(n: int, neighbours: str, k: int, t: int) -> None:
+    """The fault schedule of the Flower tests with the degree and threshold the bound gives (the default
+    ``secagg.threshold`` 0.5, raised to it): one dropout per stage completes with the exact sum of the
+    survivors; more mask-stage dropouts than a device's neighbourhood tolerates abort before any share
+    is asked for, naming the device left with too few holders."""
+    ids = [1000 + 7 * i for i in range(n)]
+    assert resolve_threshold(0.5, n_participants=n, neighbours=neighbours) == t
+
+    def cohort(seed: int) -> tuple[SecAggServer, dict[int, Any], dict[int, dict[str, np.ndarray]]]:
+        server, clients = build_cohort(security=DEFAULT_SECURITY, round_id=seed + 1, participants=ids, threshold=t,
+                                       neighbours=neighbours, quant=LAYOUT, reproducible_seed=seed)  # type: ignore[arg-type]
+        assert server.setup.k == k
+        return server, clients, make_inputs(server.setup.quant, ids, seed)
+
+    server, clients, inputs = cohort(0)
+    drops: dict[int, Stage] = {ids[0]: "advertise", ids[1]: "share", ids[2]: "mask", ids[3]: "unmask"}
+    result = aggregate_in_process(server, clients, inputs, dropouts=drops)
+    assert result.dropped == ids[:3] and result.n_contributors == n - 3
+    assert_sum_within_bound(result, server, inputs)
+
+    server, clients, inputs = cohort(1)
+    lost = n - t + 1 if neighbours == "all" else n // 2  # the complete graph: too few masked inputs at all
+    with pytest.raises(SecAggAbort, match="clients sent masked input" if neighbours == "all"
+                       else r"only \d+ surviving holders of node \d+'s self-mask seed shares, threshold t=22"):
+        aggregate_in_process(server, clients, inputs, dropouts={node: "mask" for node in ids[:lost]})
+    assert server.stage == "aborted"
+    with pytest.raises(SecAggAbort):
+        server.result()
 
 
 def test_largest_node_ids_and_64_bit_ring() -> None:

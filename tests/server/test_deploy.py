@@ -31,6 +31,7 @@ import pytest
 from fedrec.deploy.procs import alive, start_detached, stop_tree
 from fedrec.deploy.runspec import read_metrics, read_status
 from fedrec.privacy.accounting import PrivacyAccountant
+from fedrec.runconfig import RunConfig, load_toml
 from fedrec.store.artifact import load_public_key, read_model
 from fedrec.store.checkpoint import load_checkpoint
 
@@ -168,6 +169,9 @@ def test_deployed_run_survives_a_device_and_a_server_crash(deployment: Deploymen
     wait_until(lambda: dep.online() >= DEVICES, timeout=120, what="five SuperNodes online")
     ok(*dep.server("run", "--name", "e2e", *RUN))
     folder = dep.state / "runs" / "e2e"
+    # the ServerApp verifies the devices' advertisements under the state folder's authority too
+    submitted = RunConfig.from_flat(load_toml(folder / "config.toml")).secagg
+    assert submitted.authority_key == str((dep.state / "authority" / "authority.pub").resolve())
     wait_until(lambda: len(read_metrics(folder)) >= 1, timeout=400, what="round 1", every=0.5)
     round_one = time.monotonic()
     stop_tree(dep.joins[DEVICES - 1], timeout=10.0)  # one device leaves during round 2

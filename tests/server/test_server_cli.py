@@ -219,3 +219,39 @@ def test_join_with_a_bad_identity_folder_is_refused(tmp_path: Path) -> None:
     mixed = tmp_path / "b" / "devices" / "d.identity"
     (mixed / "authority.pub").write_bytes((tmp_path / "a" / "authority" / "authority.pub").read_bytes())
     refused(fedrec(*join, str(mixed)), "identity.cert", "signature does not verify")
+
+
+def test_a_secure_run_takes_the_state_folders_authority_key_for_the_server(tmp_path: Path) -> None:
+    """``fedrec server run`` points ``secagg.authority-key`` at ``<state>/authority/authority.pub``; the
+    deployed ServerApp reads it, so the server verifies advertisements as devices do."""
+    import argparse
+
+    from fedrec.server.app import authority_key_for
+    from fedrec.server.cli import resolve_config
+
+    from fedrec.deploy.keys import make_authority
+
+    _, public = make_authority(tmp_path / "authority")
+    args = argparse.Namespace(config=None, overrides=["secagg.enabled=true", *(f"{k}={v}" for k, v in SMALL.items())])
+    cfg = resolve_config(args, tmp_path / "runs" / "r", authority=public)
+    assert cfg.secagg.authority_key == str(public.resolve())
+    assert authority_key_for(cfg) == load_authority_key(public)
+    from_envelope, _, _ = from_run_config(envelope(cfg, resume=False))
+    assert from_envelope.secagg.authority_key == str(public.resolve())
+    plain = resolve_config(argparse.Namespace(config=None, overrides=[]), tmp_path / "runs" / "p", authority=public)
+    assert plain.secagg.authority_key == "" and authority_key_for(plain) is None
+    other = tmp_path / "other.pub"
+    other.write_bytes(bytes(32))  # given explicitly, it wins over the state folder's (and is read here)
+    chosen = resolve_config(argparse.Namespace(config=None, overrides=["secagg.enabled=true",
+                                                                       f"secagg.authority-key={public}"]),
+                            tmp_path / "runs" / "q", authority=other)
+    assert chosen.secagg.authority_key == str(public)
+
+
+def test_a_bad_authority_key_file_is_refused_before_the_run_is_submitted(tmp_path: Path) -> None:
+    short = tmp_path / "short.pub"
+    short.write_bytes(b"\x01" * 31)
+    for path, why in ((tmp_path / "none.pub", "cannot read"), (short, "must be 32 raw bytes")):
+        refused(fedrec("server", "--state", str(tmp_path), "run", "--set", "secagg.enabled=true", "--set",
+                       f"secagg.authority-key={path}"), str(path), why)
+    assert not (tmp_path / "runs").exists()
