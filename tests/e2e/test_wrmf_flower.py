@@ -51,7 +51,8 @@ def _flower(cfg: RunConfig) -> tuple[_BothWays, list[dict[str, Any]], Any]:
         box["grid"] = _BothWays(grid)
         box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
 
-    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=N_USERS, backend_config=BACKEND)
+    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=N_USERS,
+                   backend_config=BACKEND)
     return box["grid"], box["result"].history, box["result"].state
 
 
