@@ -20,7 +20,7 @@ from fedrec.server.app import catalogue_for
 from fedrec.server.loop import wait_for_nodes
 from fedrec.server.secure_eval import EvalTrip, eval_plan, secure_evaluate
 from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 from testkit import RecordingGrid
@@ -39,17 +39,16 @@ BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 
 
-def with_node_floor(real: ClientApp, floor: int) -> ClientApp:
-    """``real`` on SuperNodes started with ``--node-config secagg-eval-min-cohort=<floor>``."""
-    app = ClientApp()
+def node_floor(floor: int) -> Mod:
+    """A client mod: the real app's devices as on SuperNodes started with
+    ``--node-config secagg-eval-min-cohort=<floor>``."""
 
-    def handler(msg: Message, context: Context) -> Message:
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         node_config = {**context.node_config, wire.NODE_EVAL_MIN_COHORT: floor}
-        return real(msg, Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config,
-                                 state=context.state, run_config=context.run_config))
+        return call_next(msg, Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config,
+                                      state=context.state, run_config=context.run_config))
 
-    app.evaluate(wire.MSG_SECAGG_EVAL.split(".")[1])(handler)
-    return app
+    return mod
 
 
 def _evaluation_replies(grid: RecordingGrid, since: int) -> list[Message]:
@@ -87,7 +86,8 @@ def test_a_server_lowering_the_evaluation_cohort_gets_refusals_not_sums() -> Non
         # 3. control: the same devices, an evaluation that meets their floor
         box["honest"] = secure_evaluate(recording, honest, state, nodes, 3, rating_scale=scale)
 
-    run_simulation(server_app=app, client_app=with_node_floor(make_client_app(), FLOOR), num_supernodes=N_DEVICES,
+    client = make_client_app(mods=[node_floor(FLOOR)], run_config=[honest, lowered])
+    run_simulation(server_app=app, client_app=client, num_supernodes=N_DEVICES,
                    backend_config=BACKEND)
     assert box["lowered_threshold"] == 3
     assert box["lowered"] == {}, "the server unmasked evaluation sums below the devices' floor"
