@@ -43,7 +43,8 @@ def parse_downlink(msg: Message) -> Downlink:
     if cfg is None:
         _CONFIGS.clear()
         cfg = _CONFIGS[key] = RunConfig.from_flat(flat)
-    arrays = {k: wire.decode_downlink(v.numpy()) for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
+    table = msg.content.array_records[wire.RECORD_GLOBAL]
+    arrays = {k: wire.decode_downlink(wire.npy_array(v.data)) for k, v in table.items()}
     glob = GlobalParams.from_arrays(arrays, _number(config, wire.CFG_GLOBAL_MEAN))
     scale = None
     if wire.CFG_RATING_MIN in config:
@@ -70,7 +71,7 @@ def load_state(context: Context) -> dict[str, np.ndarray]:
     if store is not None:
         return store.load()
     record = context.state.array_records.get(wire.STATE_LOCAL)
-    return {k: v.numpy() for k, v in record.items()} if record is not None else {}
+    return {k: wire.npy_array(v.data) for k, v in record.items()} if record is not None else {}
 
 
 def save_state(context: Context, state: dict[str, np.ndarray]) -> None:
