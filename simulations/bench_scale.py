@@ -229,16 +229,32 @@ def table(rows: list[dict[str, Any]], cohorts: list[int]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Log-log seconds per round against users (left) and items (right), fedrec solid, bare dashed."""
+    """Log-log seconds per round against users and items, and start-up against users; fedrec solid, bare dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    starts: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
+    for r in rows:
+        key = (r["kind"], r.get("registration", "bulk"), r["items"])
+        starts.setdefault(key, []).append((r["users"], r["startup_s"]))
+    for (kind, registration, items), points in sorted(starts.items(), key=str):
+        points.sort()
+        axes[2].plot(*zip(*points, strict=True), marker="o", linestyle="--" if kind == "bare" else "-",
+                     label=f"{kind}, {registration} registration, items {items:,}")
+    axes[2].set_xscale("log")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("users")
+    axes[2].set_ylabel("start-up s (process start to end of round 1)")
+    axes[2].grid(True, which="both", alpha=0.3)
+    axes[2].legend(fontsize=6)
     for ax, along, other in ((axes[0], "users", "items"), (axes[1], "items", "users")):
         groups: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
         for r in rows:
+            if r.get("registration", "bulk") != "bulk":
+                continue
             for cohort, s in r["round_s"].items():
                 key = (r["kind"], r["secagg"], r[other], cohort)
                 groups.setdefault(key, []).append((r[along], s))
