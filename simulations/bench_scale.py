@@ -238,6 +238,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     starts: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
     for r in rows:
+        if r.get("startup_s") is None:  # a row shown for its rounds only
+            continue
         key = (r["kind"], r.get("registration", "bulk"), r["items"])
         starts.setdefault(key, []).append((r["users"], r["startup_s"]))
     for (kind, registration, items), points in sorted(starts.items(), key=str):
