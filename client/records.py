@@ -53,7 +53,7 @@ def parse_downlink(msg: Message, context: Context) -> Downlink:
         raise ConfigError(f"downlink {wire.RECORD_CONFIG}: the server's run configuration (digest "
                           f"{str(config.get(wire.CFG_RUN_DIGEST))[:12]}) is not this device's ({cfg.digest[:12]}, "
                           "from its run config); refusing the round")
-    arrays = {k: wire.decode_downlink(v.numpy()) for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
+    arrays = {k: wire.decode_downlink(wire.npy_array(v.data)) for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
     glob = GlobalParams.from_arrays(arrays, _number(config, wire.CFG_GLOBAL_MEAN))
     scale = None
     if wire.CFG_RATING_MIN in config:
@@ -100,7 +100,7 @@ def load_state(context: Context) -> dict[str, np.ndarray]:
     if store is not None:
         return store.load()
     record = context.state.array_records.get(wire.STATE_LOCAL)
-    return {k: v.numpy() for k, v in record.items()} if record is not None else {}
+    return {k: wire.npy_array(v.data) for k, v in record.items()} if record is not None else {}
 
 
 def save_state(context: Context, state: dict[str, np.ndarray]) -> None:

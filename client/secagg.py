@@ -172,7 +172,7 @@ def downlink_digest(records: Mapping[str, Any]) -> bytes:
     """:func:`fedrec.secagg.model_digest` of the table and round configuration this device received."""
     table = records.get(wire.RECORD_GLOBAL)
     config = records.get(wire.RECORD_CONFIG)
-    arrays = {k: v.numpy() for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
+    arrays = {k: wire.npy_array(v.data) for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
     values = dict(config.items()) if isinstance(config, ConfigRecord) else {}
     return model_digest(arrays, values)
 
@@ -205,7 +205,7 @@ def message_parts(msg: Message) -> dict[str, dict[str, Any]]:
         payload: dict[str, Any] = dict(config.items())
         arrays = records.get(wire.secagg_arrays_record(stage))
         if isinstance(arrays, ArrayRecord):
-            payload.update({k: v.numpy() for k, v in arrays.items()})
+            payload.update({k: wire.npy_array(v.data) for k, v in arrays.items()})
         parts[stage] = payload
     if not parts:
         raise SecAggMessageError(f"{msg.metadata.message_type}: no secure-aggregation part in the message")

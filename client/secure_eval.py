@@ -148,7 +148,7 @@ class SecureEvalHandler:
 def load_eval_state(context: Context) -> dict[str, Any]:
     """The evaluation rounds' protocol state (a record of its own in ``Context.state``)."""
     record = context.state.array_records.get(wire.STATE_EVAL_SECAGG)
-    return {k: v.numpy() for k, v in record.items()} if record is not None else {}
+    return {k: wire.npy_array(v.data) for k, v in record.items()} if record is not None else {}
 
 
 def save_eval_state(context: Context, state: dict[str, np.ndarray]) -> None:

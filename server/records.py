@@ -60,7 +60,7 @@ def update_arrays(reply: Message, n_items: int, dim: int, *, wrmf: bool = False)
     for name, shape in expected.items():
         if name not in record:
             raise FedRecError(f"reply from node {reply.metadata.src_node_id}: missing array {name!r}")
-        arr = record[name].numpy()
+        arr = wire.npy_array(record[name].data)
         if arr.shape != shape or not np.isfinite(arr).all():
             raise FedRecError(f"reply from node {reply.metadata.src_node_id}: array {name!r} has shape "
                               f"{arr.shape} (expected {shape}) or non-finite values")

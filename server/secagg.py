@@ -260,7 +260,7 @@ def part_payload(records: Mapping[str, Any], stage: str) -> dict[str, Any]:
     arrays = records.get(wire.secagg_arrays_record(stage))
     out: dict[str, Any] = dict(config.items()) if isinstance(config, ConfigRecord) else {}
     if isinstance(arrays, ArrayRecord):
-        out.update({k: v.numpy() for k, v in arrays.items()})
+        out.update({k: wire.npy_array(v.data) for k, v in arrays.items()})
     return out
 
 
@@ -271,6 +271,6 @@ def downlink_digest(records: Mapping[str, Any]) -> bytes:
     """
     table = records.get(wire.RECORD_GLOBAL)
     config = records.get(wire.RECORD_CONFIG)
-    arrays = {k: v.numpy() for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
+    arrays = {k: wire.npy_array(v.data) for k, v in table.items()} if isinstance(table, ArrayRecord) else {}
     values = dict(config.items()) if isinstance(config, ConfigRecord) else {}
     return model_digest(arrays, values)

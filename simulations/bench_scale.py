@@ -14,6 +14,7 @@ array bytes per device per round, down and up::
 
     python -m simulations.bench_scale [--quick] [--json] [--users 10000,100000] [--items 1682,27000]
     python -m simulations.bench_scale --headline   # 1M users, cohort 1,000, 20 rounds, vs 10k users and bare Flower
+    python -m simulations.bench_scale --startup    # start-up at 100k and 1M users, Flower's vs bulk registration
 
 ``--quick`` measures one small cell. The PNG (``--plot``, default
 ``bench_scale.png``) shows seconds per round against users and items, log-log.
@@ -36,6 +37,7 @@ import numpy as np
 _STARTED = time.perf_counter()
 
 from .bench_federated import time_command  # noqa: E402  (after the start clock)
+from .flower_linkstate import BULK_REGISTRATION_ENV  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ def measure_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[
         row["first_round_start"] = time.perf_counter() - row["seconds"]
 
     def main(grid: Grid, context: Context) -> None:
+        out["serverapp_s"] = time.perf_counter() - _STARTED
         metered = ByteGrid(grid)
         for cohort, cfg in cfgs.items():
             rows: list[dict[str, Any]] = []
@@ -177,6 +180,8 @@ def measure_cell(kind: str, users: int, items: int, secagg: bool, cohorts: list[
     # message, so round 1 is part of getting ready, not a steady-state round.
     first = next(iter(out["first_round_s"].values()), float("nan"))
     out["startup_s"] = first_start[0] + first - _STARTED if first_start else float("nan")
+    out["nodes_ready_s"] = first_start[0] - _STARTED if first_start else float("nan")
+    out["registration"] = "flower" if os.environ.get(BULK_REGISTRATION_ENV) == "0" else "bulk"
     return out
 
 
@@ -188,13 +193,14 @@ def fits(users: int, items: int, cohort: int, dim: int = 32) -> bool:
     return cohort <= users and cohort * items * (dim + 2) * 4 * 2 <= FITS_BYTES
 
 
-def measure(kind: str, users: int, items: int, secagg: bool, cohorts: list[int], rounds: int) -> dict[str, Any]:
-    """One cell in a fresh process: its figures plus wall time and the process tree's peak memory."""
+def measure(kind: str, users: int, items: int, secagg: bool, cohorts: list[int], rounds: int, *,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One cell in a fresh process (with ``env`` added): its figures plus wall time and the tree's peak memory."""
     cmd = [sys.executable, "-m", "simulations.bench_scale", "--cell", kind, "--users", str(users), "--items",
            str(items), "--rounds", str(rounds), "--cohorts", ",".join(map(str, cohorts))]
     if secagg:
         cmd.append("--secagg")
-    stdout, wall, peak = time_command(cmd)
+    stdout, wall, peak = time_command(cmd, env)
     row: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     row.update({"wall_s": wall, "peak_mb": peak})
     return row
@@ -223,16 +229,34 @@ def table(rows: list[dict[str, Any]], cohorts: list[int]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Log-log seconds per round against users (left) and items (right), fedrec solid, bare dashed."""
+    """Log-log seconds per round against users and items, and start-up against users; fedrec solid, bare dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    starts: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
+    for r in rows:
+        if r.get("startup_s") is None:  # a row shown for its rounds only
+            continue
+        key = (r["kind"], r.get("registration", "bulk"), r["items"])
+        starts.setdefault(key, []).append((r["users"], r["startup_s"]))
+    for (kind, registration, items), points in sorted(starts.items(), key=str):
+        points.sort()
+        axes[2].plot(*zip(*points, strict=True), marker="o", linestyle="--" if kind == "bare" else "-",
+                     label=f"{kind}, {registration} registration, items {items:,}")
+    axes[2].set_xscale("log")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("users")
+    axes[2].set_ylabel("start-up s (process start to end of round 1)")
+    axes[2].grid(True, which="both", alpha=0.3)
+    axes[2].legend(fontsize=6)
     for ax, along, other in ((axes[0], "users", "items"), (axes[1], "items", "users")):
         groups: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
         for r in rows:
+            if r.get("registration", "bulk") != "bulk":
+                continue
             for cohort, s in r["round_s"].items():
                 key = (r["kind"], r["secagg"], r[other], cohort)
                 groups.setdefault(key, []).append((r[along], s))
@@ -275,6 +299,36 @@ def headline(rounds: int) -> dict[str, Any]:
     return out
 
 
+def startup(users: list[int], cohort: int, rounds: int) -> list[dict[str, Any]]:
+    """Start-up with Flower's node registration and with the bulk one, bare Flower and fedrec, per population.
+
+    Each cell runs in its own process, one after the other, in one run: the
+    bare Flower app with Flower's registration is the baseline.
+    """
+    rows = []
+    for n in users:
+        for kind in ("bare", "fedrec"):
+            for registration in ("flower", "bulk"):
+                print(f"startup: {kind} {n:,} users, {registration} registration", file=sys.stderr, flush=True)
+                env = {BULK_REGISTRATION_ENV: "0" if registration == "flower" else "1"}
+                rows.append(measure(kind, n, 1682, False, [cohort], rounds, env=env))
+    return rows
+
+
+def startup_table(rows: list[dict[str, Any]]) -> str:
+    """Where start-up goes: data store ready, ServerApp started, all nodes registered, end of round 1."""
+    head = (f"{'engine':<7}{'users':>11}{'registration':>13}{'data s':>8}{'serverapp s':>12}{'nodes s':>9}"
+            f"{'round 1 s':>10}{'start-up s':>11}{'s/round':>9}{'peak MB':>9}")
+    lines = [head]
+    for r in rows:
+        s_round = next(iter(r["round_s"].values()), float("nan"))
+        lines.append(f"{r['kind']:<7}{r['users']:>11,}{r['registration']:>13}{r['data_s']:>8.1f}"
+                     f"{r.get('serverapp_s', float('nan')):>12.1f}{r['nodes_ready_s']:>9.1f}"
+                     f"{next(iter(r['first_round_s'].values())):>10.1f}{r['startup_s']:>11.1f}{s_round:>9.2f}"
+                     f"{r['peak_mb']:>9.0f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small cell (10k users, 1,682 items, cohort 100)")
@@ -286,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-secagg", action="store_true", help="secure aggregation off only")
     parser.add_argument("--plot", default="bench_scale.png", help="PNG path ('' for none)")
     parser.add_argument("--headline", action="store_true", help="1M users, cohort 1,000, 20 rounds")
+    parser.add_argument("--startup", action="store_true",
+                        help="start-up with Flower's and the bulk node registration (default --users 100000,1000000,"
+                             " --cohorts 1000, --rounds 2)")
     parser.add_argument("--cell", choices=("fedrec", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--secagg", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -293,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         row = measure_cell(args.cell, int(args.users), int(args.items), args.secagg,
                        [int(c) for c in args.cohorts.split(",")], args.rounds)
         print(json.dumps(row))
+        return 0
+    if args.startup:
+        users = [int(v) for v in (args.users or "100000,1000000").split(",")]
+        rows = startup(users, int((args.cohorts or "1000").split(",")[0]), args.rounds or 2)
+        print(json.dumps({"startup": rows}) if args.json else startup_table(rows))
         return 0
     if args.headline:
         result = headline(args.rounds or 20)

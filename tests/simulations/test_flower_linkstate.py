@@ -108,3 +108,57 @@ def test_extractor_visits_only_pending_nodes_and_delivers_the_same_messages() ->
     finally:
         flower_linkstate.uninstall()
     assert sorted(sum(got, [])) == sorted(sum(expected, [])) == list(range(30))
+
+
+def _registered(n: int) -> tuple[InMemoryLinkState, dict[int, int], dict[int, object], Run]:
+    """The engine's own registration calls (patched or not), on a fresh state with one run."""
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    assert isinstance(state, InMemoryLinkState)
+    run = Run.create_empty(run_id=7)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.primary_task_id = 8
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
+    mapping = vce_api._register_nodes(n, factory)  # noqa: SLF001
+    stores = vce_api._register_node_info_stores(mapping, run, None)  # noqa: SLF001
+    return state, mapping, stores, run
+
+
+_RANDOM_OR_TIMED = {"node_id", "public_key", "registered_at", "last_activated_at", "online_until"}
+
+
+def _node_fields(state: InMemoryLinkState, node_id: int) -> dict[str, object]:
+    info = state.nodes[node_id]
+    return {f.name: getattr(info, f.name) for f in info.DESCRIPTOR.fields if f.name not in _RANDOM_OR_TIMED}
+
+
+def test_bulk_registration_leaves_the_state_flower_leaves() -> None:
+    flower_linkstate.uninstall()
+    want_state, want_map, want_stores, run = _registered(50)
+    try:
+        assert flower_linkstate.install()
+        state, mapping, stores, _ = _registered(50)
+    finally:
+        flower_linkstate.uninstall()
+    assert sorted(mapping.values()) == list(range(50)) == list(mapping.values())
+    assert len(set(mapping)) == 50 and not {0, SUPERLINK_NODE_ID} & set(mapping)
+    assert all(0 < n < 2**64 for n in mapping)
+    assert state.get_nodes(run.run_id) == set(mapping)
+    assert {_node_fields(state, n) == _node_fields(want_state, next(iter(want_map))) for n in mapping} == {True}
+    for got, want in ((state.nodes[n], want_state.nodes[m]) for n, m in zip(mapping, want_map, strict=True)):
+        assert got.online_until == want.online_until > 1e299  # heartbeats disabled, as in Flower
+        assert len(got.public_key) == len(want.public_key) == 32 and got.registered_at == got.last_activated_at
+    assert len({state.nodes[n].public_key for n in mapping}) == 50
+    assert state.node_public_key_to_node_id == {state.nodes[n].public_key: n for n in mapping}
+    assert state.owner_to_node_ids == {k: set(mapping) for k in want_state.owner_to_node_ids}
+    # Stores appear on first use, with the context Flower pre-builds.
+    assert len(stores) == 0
+    for node, want_node in ((list(mapping)[i], list(want_map)[i]) for i in (0, 49)):
+        got, want = stores[node].retrieve_context(run.run_id), want_stores[want_node].retrieve_context(run.run_id)
+        assert (got.node_id, got.node_config, got.run_config) == (node, want.node_config, want.run_config)
+        assert got.run_id == want.run_id and len(got.state) == len(want.state) == 0
+        assert stores[node] is stores[node]
+    assert len(stores) == 2
+    with pytest.raises(KeyError):
+        stores[12345]
