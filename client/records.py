@@ -53,7 +53,8 @@ def parse_downlink(msg: Message, context: Context) -> Downlink:
         raise ConfigError(f"downlink {wire.RECORD_CONFIG}: the server's run configuration (digest "
                           f"{str(config.get(wire.CFG_RUN_DIGEST))[:12]}) is not this device's ({cfg.digest[:12]}, "
                           "from its run config); refusing the round")
-    arrays = {k: wire.decode_downlink(wire.npy_array(v.data)) for k, v in msg.content.array_records[wire.RECORD_GLOBAL].items()}
+    table = msg.content.array_records[wire.RECORD_GLOBAL]
+    arrays = {k: wire.decode_downlink(wire.npy_array(v.data)) for k, v in table.items()}
     glob = GlobalParams.from_arrays(arrays, _number(config, wire.CFG_GLOBAL_MEAN))
     scale = None
     if wire.CFG_RATING_MIN in config:
