@@ -12,6 +12,10 @@ class FedRecError(Exception):
     """Base class of every error fedrec raises on purpose."""
 
 
+class PayloadError(FedRecError):
+    """An array payload that is not a well-formed ``.npy`` buffer of a plain (non-object) dtype."""
+
+
 class DataError(FedRecError):
     """Input data is malformed: names the file, the line and the rule broken."""
 

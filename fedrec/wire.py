@@ -46,7 +46,7 @@ import math
 
 import numpy as np
 
-from fedrec.errors import FedRecError
+from fedrec.errors import PayloadError
 
 # Message types (Flower's "<category>.<action>" form).
 MSG_TRAIN = "train"
@@ -151,10 +151,6 @@ def decode_downlink(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint16:
         return (array.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return np.asarray(array, np.float32)
-
-
-class PayloadError(FedRecError):
-    """An array payload that is not a well-formed ``.npy`` buffer of a plain (non-object) dtype."""
 
 
 _NPY_MAGIC = b"\x93NUMPY"
