@@ -192,7 +192,9 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
     """An evaluation cohort (``eval-cohort``) evaluates on its held-out rows; only sums and counts come back.
 
     The row reports ``eval_devices``, the size of the cohort, so a sampled
-    estimate is never mistaken for the population's figure. The downlink
+    estimate is never mistaken for the population's figure, and
+    ``eval_replies``, the devices whose sums were counted (dropouts, refusals
+    and an aborted secure round show as fewer). The downlink
     carries the public rating scale (predictions are clipped to it), so a
     device never loads the run's data to learn it. Under secure aggregation
     the sums come back through the secure sum (:mod:`.secure_eval`): the
@@ -201,18 +203,18 @@ def evaluate_round(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[i
     """
     cohort = sample_eval_cohort(nodes, cfg.fed.eval_size(len(nodes)), seed=cfg.fed.seed, round_=rnd)
     if cfg.secagg.enabled:
-        return {**secure_evaluate(grid, cfg, state, cohort, rnd, rating_scale=rating_scale,
-                                  authority_key=authority_key),
-                "eval_devices": len(cohort)}
+        secure = secure_evaluate(grid, cfg, state, cohort, rnd, rating_scale=rating_scale,
+                                 authority_key=authority_key)
+        return {"eval_replies": 0, **secure, "eval_devices": len(cohort)}
     content = train_content(global_record(state.glob, cfg.downlink),
                             downlink_record(cfg, round_=rnd, global_mean=state.glob.global_mean,
                                           rating_scale=rating_scale))
     replies = _send(grid, content, wire.MSG_EVALUATE, cohort, rnd, cfg.round_timeout)
     total = MetricSums()
-    for reply in replies.values():
-        if not reply.has_error():
-            total.merge(MetricSums.from_flat(metric_values(reply)))
-    return {**total.result(), "eval_devices": len(cohort)}
+    answered = [reply for reply in replies.values() if not reply.has_error()]
+    for reply in answered:
+        total.merge(MetricSums.from_flat(metric_values(reply)))
+    return {**total.result(), "eval_devices": len(cohort), "eval_replies": len(answered)}
 
 
 def _send(grid: Grid, content: RecordDict, kind: str, nodes: list[int], rnd: int,

@@ -73,6 +73,9 @@ def secure_evaluate(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[
                     rating_scale: tuple[float, float] | None, authority_key: bytes | None = None) -> dict[str, float]:
     """Every device evaluates; the secure sum returns the totals, turned into the cohort's metrics.
 
+    ``eval_replies`` is the number of devices whose sums the secure sum counted
+    (dropouts and refusals excluded); nothing, when the round aborted.
+
     ``authority_key``: as for :class:`~.secagg.SecureRounds` (devices that do not verify are dropped).
     """
     plan = eval_plan(cfg, state, nodes, rnd, rating_scale=rating_scale, authority_key=authority_key)
@@ -84,5 +87,5 @@ def secure_evaluate(grid: Grid, cfg: RunConfig, state: ServerState, nodes: list[
         log.error("round %d: secure evaluation aborted, no metrics this round: %s", rnd, exc)
         return {}
     metrics = eval_totals(result.sums).result()
-    metrics["eval_devices"] = float(result.n_contributors)
+    metrics["eval_replies"] = float(result.n_contributors)
     return metrics

@@ -99,7 +99,7 @@ def test_a_server_lowering_the_evaluation_cohort_gets_refusals_not_sums() -> Non
             assert reply.has_error() and "secagg-eval-min-cohort" in reply.error.reason, key
             assert not reply.has_content() or not reply.content.array_records, key
     assert len(box["lowered_replies"]) == N_DEVICES and len(box["pair_replies"]) == 2
-    assert box["honest"]["eval_devices"] == N_DEVICES and box["honest"]["rmse"] > 0
+    assert box["honest"]["eval_replies"] == N_DEVICES and box["honest"]["rmse"] > 0
 
 
 def _context(node_config: dict[str, Any]) -> Context:

@@ -49,6 +49,7 @@ def test_simulate_writes_the_run_folder(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2] and all(r["survivors"] == 24 for r in rows)
     assert [r["eval_devices"] for r in rows] == [10, 10]  # a sampled evaluation says how many devices it had
+    assert [r["eval_replies"] for r in rows] == [10, 10]  # and how many of them answered
     assert result.final["rmse"] < 2.0
 
 

@@ -133,6 +133,6 @@ def test_secure_evaluation_returns_the_cohorts_exact_metrics() -> None:
                                        privacy=cfg.privacy_plan()))
     want = expected.result()
     got = box["secure"]
-    assert got["eval_devices"] == N_DEVICES
+    assert got["eval_replies"] == N_DEVICES
     for key in ("rmse", "mae"):
         assert got[key] == pytest.approx(want[key], abs=1e-3)

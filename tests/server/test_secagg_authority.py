@@ -109,5 +109,5 @@ def test_a_server_with_the_authority_key_drops_forged_advertisements(caplog: pyt
             f"id {SELF_CERTIFIED}: signature does not verify") in caplog.text
     assert (f"round {second}: rejected AdvertiseKeys from node {node_of[RESIGNED]}: advertisement of node "
             f"{node_of[RESIGNED]} (round {second}): signature does not verify") in caplog.text
-    assert box["eval"]["eval_devices"] == N_DEVICES - 2 and "rmse" in box["eval"]
+    assert box["eval"]["eval_replies"] == N_DEVICES - 2 and "rmse" in box["eval"]
     assert caplog.text.count("rejected AdvertiseKeys") == 4  # two in training round 2, two in its evaluation
