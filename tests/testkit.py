@@ -1,16 +1,30 @@
-"""Helpers shared by several test folders: a recording Flower grid, the Opacus epsilon reference, a byte chi-square.
+"""Helpers shared by several test folders: a recording Flower grid, an empty in-memory Flower run, the Opacus
+epsilon reference, a byte chi-square, the output of a writer killed with SIGKILL.
 
 ``tests/`` is on ``sys.path`` (its ``conftest.py``), so any test imports this module as ``testkit``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 import warnings
 from typing import Any
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.task_pb2 import Task  # type: ignore[attr-defined]
+from flwr.server.superlink.linkstate import InMemoryLinkState, LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
 from flwr.serverapp import Grid
+from flwr.simulation.run_simulation import NOOP_FEDERATION_ID, Run
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
 from opacus.accountants import IAccountant, RDPAccountant
 
 
@@ -28,6 +42,39 @@ class RecordingGrid:
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         self.replies.extend(replies)
         return replies
+
+
+def in_memory_run(rng: np.random.Generator) -> tuple[LinkStateFactory, InMemoryLinkState, Run]:
+    """An in-memory link state holding one empty run and no node, as Flower's simulation engine sets it up.
+
+    Sets ``TaskIdentity`` to the run (what a Flower process does before it builds messages); callers that
+    care restore it.
+    """
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    assert isinstance(state, InMemoryLinkState)
+    run = Run.create_empty(run_id=int(rng.integers(1, 1 << 62)))
+    run.federation_id = NOOP_FEDERATION_ID
+    run.primary_task_id = int(rng.integers(1, 1 << 62))
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run.run_id, 1, SUPERLINK_NODE_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
+    return factory, state, run
+
+
+def sigkill_output(proc: subprocess.Popen[str], delay: float) -> str:
+    """What a writer printed before it was killed with SIGKILL ``delay`` seconds after it said ``open``.
+
+    The writer runs in its own session, so its whole process group is killed; it is never left running.
+    """
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def opacus_epsilon(phases: list[tuple[float, float, int]], delta: float, *,

@@ -10,17 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 from fedrec.server.loop import Catalogue, train_over_grid, wait_for_nodes
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.proto.task_pb2 import Task  # type: ignore[attr-defined]
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate import InMemoryLinkState, LinkStateFactory
-from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
-from flwr.simulation.run_simulation import NOOP_FEDERATION_ID, Run
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
-from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+from testkit import in_memory_run
 
 from fedrec.errors import ConfigError
 from fedrec.runconfig import RunConfig
@@ -30,16 +24,7 @@ from fedrec.runconfig import RunConfig
 def link() -> Iterator[tuple[LinkStateFactory, InMemoryLinkState, InMemoryGrid]]:
     """A run on an in-memory link state with no node yet, as the simulation engine sets one up."""
     saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = factory.state()
-    assert isinstance(state, InMemoryLinkState)
-    rng = np.random.default_rng(0)
-    run = Run.create_empty(run_id=int(rng.integers(1, 1 << 62)))
-    run.federation_id = NOOP_FEDERATION_ID
-    run.primary_task_id = int(rng.integers(1, 1 << 62))
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run.run_id, 1, SUPERLINK_NODE_ID
-    state.run_ids[run.run_id] = RunRecord(run=run)
-    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
+    factory, state, run = in_memory_run(np.random.default_rng(0))
     grid = InMemoryGrid(state_factory=factory)
     grid.set_run(run)
     yield factory, state, grid

@@ -17,20 +17,13 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+from testkit import in_memory_run
 
 
 def _scenario(seed: int) -> list[tuple[int, list[str]]]:
     """Push messages to random nodes, then poll nodes in random order; record what each poll returns."""
     rng = np.random.default_rng(seed)
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = factory.state()
-    assert isinstance(state, InMemoryLinkState)
-    run = Run.create_empty(run_id=int(rng.integers(1, 1 << 62)))
-    run.federation_id = NOOP_FEDERATION_ID
-    run.primary_task_id = int(rng.integers(1, 1 << 62))
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run.run_id, 1, SUPERLINK_NODE_ID
-    state.run_ids[run.run_id] = RunRecord(run=run)
-    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
+    factory, state, run = in_memory_run(rng)
     nodes = list(vce_api._register_nodes(12, factory))  # noqa: SLF001  (the engine's own registration)
     grid = InMemoryGrid(state_factory=factory)
     grid.set_run(run)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from device_state_contract import DeviceStateContract
+from testkit import sigkill_output
 
 from fedrec.errors import FedRecError, StoreCorruptError, StoreError, StoreKeyError
 from fedrec.store.device_store import DeviceStore, Interaction
@@ -184,15 +185,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path: Path) -> None
     rounds = 0
     while time.monotonic() < deadline or rounds < 5:
         proc = _writer(path, rounds * 100_000, 100_000)
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "open"
-            time.sleep(rng.uniform(0.0, 0.25))
-            os.killpg(proc.pid, signal.SIGKILL)
-            out = proc.communicate(timeout=30)[0]
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        out = sigkill_output(proc, rng.uniform(0.0, 0.25))
         acked |= {int(x) for x in out.split()}
         got, state, _ = _read_all(path)
         missing = acked - {r[0] for r in got}

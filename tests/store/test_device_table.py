@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from device_state_contract import DeviceStateContract
+from testkit import sigkill_output
 
 from fedrec.errors import CheckpointError
 from fedrec.secagg.device_state import PREFIX as SECAGG_STATE_PREFIX
@@ -136,14 +134,7 @@ def test_kill_9_loses_no_acknowledged_row(tmp_path: Path) -> None:
     for attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(attempt * 10**6)],
                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
-            time.sleep(0.2 + 0.1 * attempt)
-            os.killpg(proc.pid, signal.SIGKILL)
-            out = proc.communicate(timeout=30)[0]
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        out = sigkill_output(proc, 0.2 + 0.1 * attempt)
         acked |= {int(x) for x in out.split()}
         table = DeviceStateTable(path)
         missing = [d for d in sorted(acked) if table.read(str(d)) is None]
