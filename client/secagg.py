@@ -163,7 +163,7 @@ def _trainer(msg: Message, context: Context, state: dict[str, np.ndarray], sourc
     def segments() -> dict[str, np.ndarray]:
         out = train_device(msg, context, state, source, seeded_noise=seeded_noise)
         metrics.update(out.metrics)
-        return flatten_update(out.update.segments())
+        return flatten_update(out.update.fixed_segments(), extra=out.update.extra)
 
     return segments
 

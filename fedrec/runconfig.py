@@ -328,13 +328,13 @@ def protocol_preset(protocol: str) -> RunConfig:
 
 
 def _check_wrmf(cfg: RunConfig) -> None:
-    """``model.loss = "wrmf"`` sends two extra summed segments that DP and secure aggregation do not cover yet."""
+    """``model.loss = "wrmf"`` under user-level DP: its popularity weights would come from counts DP does not send."""
     if cfg.model.kind != "implicit" or cfg.model.loss != "wrmf":
         return
-    if cfg.secagg.enabled or cfg.dp.unit != "off":
-        raise ConfigError("model.loss: 'wrmf' sends p p^T and a curvature sum that the secure-aggregation layout "
-                          "and the DP clip do not cover yet; set secagg.enabled = false and dp.unit = \"off\", "
-                          "or use model.loss = \"logistic\"")
+    if cfg.dp.enabled and cfg.model.pop_exponent != 0:
+        raise ConfigError(f"model.pop-exponent: {cfg.model.pop_exponent} sets the missing-data weights of 'wrmf' from "
+                          "the summed per-item counts, which a DP device does not send (the guarantee hides "
+                          "them); set model.pop-exponent = 0 under dp.unit = \"user\"")
 
 
 def resolve(overrides: Mapping[str, Any]) -> dict[str, Scalar]:

@@ -31,7 +31,7 @@ again, with its own setup and share trips, when its turn comes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -45,10 +45,12 @@ from fedrec.secagg import (
     RoundPipeline,
     RoundPlan,
     SecAggError,
+    SegmentSpec,
     model_digest,
     neighbourhood_degree,
     quant_config_for,
     unflatten_sums,
+    wrmf_segments,
 )
 from fedrec.train.aggregate import RoundSums
 
@@ -123,18 +125,19 @@ class SecureRounds:
         if plan is None:
             log.error("round %d: secure aggregation aborted, the model is unchanged: a cohort of %d device(s) "
                       "cannot be aggregated securely", rnd, len(cohort))
-            return zero_sums(n_items, dim), list(cohort), []
+            return zero_sums(n_items, dim, self.extra_segments(state)), list(cohort), []
         trip = GridTrip(self.grid, self.cfg, state, rnd)
         try:
             result = self.pipeline.run(trip, plan, next_plan=upcoming, model_digest=trip.model_digest())
         except SecAggError as exc:  # too few survivors, or a sum the checks refused (inconsistent share, masks)
             log.error("round %d: secure aggregation aborted, the model is unchanged: %s", rnd, exc)
-            return zero_sums(n_items, dim), list(cohort), trip.device_metrics()
+            return zero_sums(n_items, dim, self.extra_segments(state)), list(cohort), trip.device_metrics()
         sums = unflatten_sums(result.sums, n_items=n_items, dim=dim)
         if result.dropped:
             log.info("round %d: %d of %d devices left out of the secure sum", rnd, len(result.dropped), len(cohort))
+        extra = {spec.name: np.asarray(sums[spec.name], np.float64) for spec in self.extra_segments(state)}
         return (RoundSums(sums[wire.ARRAY_ITEM_FACTORS], sums[wire.ARRAY_ITEM_BIAS], sums[wire.ARRAY_COUNTS],
-                          result.n_contributors), list(result.dropped), trip.device_metrics())
+                          result.n_contributors, extra), list(result.dropped), trip.device_metrics())
 
     def plan(self, state: ServerState, cohort: list[int], rnd: int, *, quiet: bool = False) -> RoundPlan | None:
         """Round ``rnd``'s settings for ``cohort``, or ``None`` when fewer than two devices cannot be aggregated."""
@@ -144,19 +147,31 @@ class SecureRounds:
             return None
         spec = self.cfg.secagg
         quant = quant_config_for(n_items=state.glob.n_items, dim=state.glob.dim, clip=spec.clip, bits=spec.bits,
-                                 max_count=self.cfg.data.users_per_client, cohort=len(cohort))
+                                 max_count=self.cfg.data.users_per_client, cohort=len(cohort),
+                                 extra=self.extra_segments(state))
         return RoundPlan(number=rnd, participants=tuple(cohort), threshold=threshold_for(spec),
                          neighbours=neighbours_for(spec, len(cohort)), quant=quant, security=spec.security,
                          authority_key=self.authority_key)
+
+    def extra_segments(self, state: ServerState) -> tuple[SegmentSpec, ...]:
+        """The model's segments after the fixed three (``"wrmf"``: ``p p^T`` and the curvature), same clip."""
+        if state.wrmf_reg is None:
+            return ()
+        return wrmf_segments(n_items=state.glob.n_items, dim=state.glob.dim, clip=self.cfg.secagg.clip)
 
     def close(self) -> None:
         """The run is over: forget a pre-started round (devices drop its state with their next round)."""
         self.pipeline.abandon()
 
 
-def zero_sums(n_items: int, dim: int) -> RoundSums:
-    """The sums of a round nobody contributed to: applying them leaves the table as it is."""
-    return RoundSums(np.zeros((n_items, dim)), np.zeros(n_items), np.zeros(n_items), 0)
+def zero_sums(n_items: int, dim: int, extra: Sequence[SegmentSpec] = ()) -> RoundSums:
+    """The sums of a round nobody contributed to (``extra``: the model's further segments, zero too).
+
+    Applying them leaves the table as it is; under user-level DP the noise the
+    server adds to them is the round's released output.
+    """
+    return RoundSums(np.zeros((n_items, dim)), np.zeros(n_items), np.zeros(n_items), 0,
+                     {spec.name: np.zeros(spec.length) for spec in extra})
 
 
 class GridTrip:

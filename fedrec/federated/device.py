@@ -17,8 +17,8 @@ Differential privacy (``privacy``, a :class:`~fedrec.federated.plan.PrivacyPlan`
   accountant kept in the state across rounds; a user whose budget is spent
   does not train and adds zeros. The device reports nothing about its budget:
   its epsilon is a public function of the rounds it took part in.
-* ``user``: the plain local step, then the device's whole update (item factors
-  and biases jointly) is clipped to ``dp.clip`` and, with distributed noise,
+* ``user``: the plain local step, then the device's whole update (item factors,
+  biases and the model's extra segments jointly) is clipped to ``dp.clip`` and, with distributed noise,
   noised with its share ``(sigma S)^2 / t_min`` (:func:`privatise_update`).
   This happens inside :func:`device_train`, so the secure-aggregation path,
   which masks what :func:`device_train` returns, only ever masks a
@@ -101,17 +101,21 @@ def device_train(source: InteractionSource, state: DeviceState, glob: GlobalPara
 def privatise_update(update: LocalUpdate, plan: UserLevelPlan, *, rng: np.random.Generator) -> LocalUpdate:
     """User-level DP on a device: joint L2 clip to ``S``, the device's noise share, no counts.
 
-    The clip bounds the sensitivity of the sum to this device by ``S`` (item
-    factors and biases clipped together, so the bound is not ``S sqrt(2)``);
-    with distributed noise each device adds ``N(0, (sigma S)^2 / t_min)`` so
-    that any ``t_min`` or more survivors sum to the full noise. The norm before
-    clipping is private and is not returned.
+    The clip bounds the sensitivity of the sum to this device by ``S``: item
+    factors, biases and every extra segment of the model (``"wrmf"``'s ``p
+    p^T`` and curvature) are clipped together, so the bound is not ``S
+    sqrt(parts)``; with distributed noise each device adds ``N(0, (sigma S)^2 /
+    t_min)`` to every coordinate, so that any ``t_min`` or more survivors sum
+    to the full noise. The norm before clipping is private and is not returned.
     """
-    (dq, db), _ = clip_update([update.item_factors, update.item_bias], clip=plan.clip)
+    names = list(update.extra)
+    parts, _ = clip_update([update.item_factors, update.item_bias, *(update.extra[k] for k in names)],
+                           clip=plan.clip)
     std = plan.device_noise_std()
     if std > 0:
-        dq, db = add_noise([dq, db], std=std, rng=rng, secure=plan.secure_mode)
-    return LocalUpdate(dq, db, np.zeros_like(update.counts), update.n_rows, update.loss)
+        parts = add_noise(parts, std=std, rng=rng, secure=plan.secure_mode)
+    return LocalUpdate(parts[0], parts[1], np.zeros_like(update.counts), update.n_rows, update.loss,
+                       dict(zip(names, parts[2:], strict=True)))
 
 
 def device_evaluate(source: InteractionSource, state: DeviceState, glob: GlobalParams, *, model: MFConfig,

@@ -161,7 +161,8 @@ class UserLevelPolicy(ServerPolicy):
         """Add the round's server-side noise, drop the counts, step the accountant.
 
         Central noise: ``N(0, (sigma S)^2)`` on every coordinate of the summed
-        item factors and biases. Distributed noise: the devices added
+        item factors, biases and the model's extra segments (``"wrmf"``), all
+        of which the devices' joint clip covers. Distributed noise: the devices added
         ``(sigma S)^2 / t_min`` each, so the server adds only what ``s <
         t_min`` survivors left missing, ``(t_min - s) / t_min * (sigma S)^2``
         (nothing with ``t_min`` or more). The round counts as one mechanism
@@ -170,12 +171,11 @@ class UserLevelPolicy(ServerPolicy):
         would reveal that the cohort was empty.
         """
         std = self.server_noise_std(sums.n_clients)
-        q = sums.item_factors + gaussian_noise(sums.item_factors.shape, std=std, rng=rng, dtype=np.float64,
-                                               secure=self.plan.secure_mode)
-        b = sums.item_bias + gaussian_noise(sums.item_bias.shape, std=std, rng=rng, dtype=np.float64,
-                                            secure=self.plan.secure_mode)
+        q, b, *extra = (a + gaussian_noise(a.shape, std=std, rng=rng, dtype=np.float64, secure=self.plan.secure_mode)
+                        for a in (sums.item_factors, sums.item_bias, *sums.extra.values()))
         self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
-        return RoundSums(q, b, np.zeros_like(sums.counts), sums.n_clients), self.expected_clients
+        return (RoundSums(q, b, np.zeros_like(sums.counts), sums.n_clients, dict(zip(sums.extra, extra, strict=True))),
+                self.expected_clients)
 
     def server_noise_std(self, survivors: int) -> float:
         """Standard deviation the server adds to each summed coordinate."""

@@ -171,7 +171,7 @@ class ServerState:
         output whatever the cohort was.
         """
         if self.wrmf_reg is not None:
-            if sums.n_clients > 0:
+            if sums.n_clients > 0 or expected_clients is not None:
                 dq = wrmf_direction(self.glob, sums, reg=self.wrmf_reg)
                 self.glob = self.optimizer.apply(self.glob, dq, np.zeros_like(self.glob.item_bias))
                 if self.wrmf_pop_exponent != 0:

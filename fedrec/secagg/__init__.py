@@ -58,7 +58,14 @@ from fedrec.secagg.graph import (
     secure_degree,
 )
 from fedrec.secagg.inprocess import RoundTrace, aggregate_in_process, build_cohort
-from fedrec.secagg.layout import NO_MODEL, flatten_update, model_digest, quant_config_for, unflatten_sums
+from fedrec.secagg.layout import (
+    NO_MODEL,
+    flatten_update,
+    model_digest,
+    quant_config_for,
+    unflatten_sums,
+    wrmf_segments,
+)
 from fedrec.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
@@ -138,4 +145,5 @@ __all__ = [
     "send_trip",
     "secure_degree",
     "unflatten_sums",
+    "wrmf_segments",
 ]

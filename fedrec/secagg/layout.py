@@ -31,7 +31,14 @@ import numpy as np
 
 from fedrec.errors import SecAggConfigError, SecAggMessageError
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
-from fedrec.wire import ARRAY_COUNTS, ARRAY_ITEM_BIAS, ARRAY_ITEM_FACTORS, UPDATE_SEGMENTS
+from fedrec.wire import (
+    ARRAY_COUNTS,
+    ARRAY_ITEM_BIAS,
+    ARRAY_ITEM_CURVATURE,
+    ARRAY_ITEM_FACTORS,
+    ARRAY_USER_GRAM,
+    UPDATE_SEGMENTS,
+)
 
 __all__ = [
     "DIGEST_BYTES",
@@ -40,6 +47,7 @@ __all__ = [
     "model_digest",
     "quant_config_for",
     "unflatten_sums",
+    "wrmf_segments",
 ]
 
 DIGEST_BYTES = 32
@@ -97,6 +105,20 @@ def quant_config_for(
             f"each ({cohort * max_count:.0f} >= the ring's capacity); use bits=64 or a smaller cohort"
         )
     return quant
+
+
+def wrmf_segments(*, n_items: int, dim: int, clip: float) -> tuple[SegmentSpec, SegmentSpec]:
+    """The two extra segments of a ``model.loss = "wrmf"`` update, after the three fixed ones.
+
+    ``user_gram`` (``dim * dim``, the device's ``p p^T`` flattened) and
+    ``item_curvature`` (``n_items``, ``(c - m_i)|p|^2`` on its positives), both
+    in ``[-clip, clip]`` (the curvature is negative only where a popularity
+    weight ``m_i`` exceeds the confidence). The server's step
+    (:func:`fedrec.train.aggregate.wrmf_direction`) needs both sums: without
+    them a secure ``wrmf`` round could not move the table.
+    """
+    return (SegmentSpec.symmetric(ARRAY_USER_GRAM, dim * dim, clip=clip),
+            SegmentSpec.symmetric(ARRAY_ITEM_CURVATURE, n_items, clip=clip))
 
 
 def flatten_update(

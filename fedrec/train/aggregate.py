@@ -73,7 +73,13 @@ def wrmf_direction(glob: GlobalParams, sums: RoundSums, *, reg: float) -> np.nda
     by ``m_i S + (reg + h_i / d) I``, where ``h_i`` (the ``item_curvature``
     sum) is the trace of the touched users' extra curvature ``sum (c - m_i) p p^T``:
     with that curvature isotropic this is exactly the ALS item solve. One
-    eigendecomposition of ``S`` makes every item's solve ``O(d^2)``.
+    eigendecomposition of ``S`` makes every item's solve ``O(d^2)``. Each
+    eigenvalue of the divisor is held at ``reg`` or above, the floor of the
+    loss's true curvature, and ``S`` is replaced by its nearest positive
+    semi-definite matrix (negative eigenvalues set to 0; a sum of ``p p^T``
+    has none): under user-level DP the summed ``S`` and ``h`` are noisy and
+    could otherwise turn the step around or blow it up. Without noise both
+    are no-ops up to rounding.
     """
     missing = [k for k in WRMF_SEGMENTS if k not in sums.extra]
     if missing:
@@ -83,11 +89,13 @@ def wrmf_direction(glob: GlobalParams, sums: RoundSums, *, reg: float) -> np.nda
     gram = np.asarray(sums.extra[ARRAY_USER_GRAM], np.float64).reshape(d, d)
     q = glob.item_factors.astype(np.float64)
     m = np.ones(glob.n_items) if glob.missing_weight is None else glob.missing_weight.astype(np.float64)
-    grad = m[:, None] * (q @ gram) - np.asarray(sums.item_factors, np.float64) + reg * q
     eigval, eigvec = np.linalg.eigh((gram + gram.T) / 2)
+    eigval = np.maximum(eigval, 0.0)  # a sum of p p^T is PSD: the nearest PSD matrix to a noisy one
+    grad = m[:, None] * (((q @ eigvec) * eigval) @ eigvec.T) - np.asarray(sums.item_factors, np.float64) + reg * q
     shift = reg + np.asarray(sums.extra[ARRAY_ITEM_CURVATURE], np.float64) / d
-    scaled = m[:, None] * np.maximum(eigval, 0.0)[None, :]
-    step: np.ndarray = ((grad @ eigvec) / (scaled + shift[:, None] + 1e-12)) @ eigvec.T
+    scaled = m[:, None] * eigval[None, :]
+    denom = np.maximum(scaled + shift[:, None], reg)  # the true curvature is >= reg: noise (DP) cannot push below
+    step: np.ndarray = ((grad @ eigvec) / (denom + 1e-12)) @ eigvec.T
     return -step
 
 

@@ -29,7 +29,7 @@ from fedrec.errors import ConfigError
 from fedrec.model.mf import MFConfig, recency_weights
 from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.train.foldin import fold_in
-from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM
+from fedrec.wire import ARRAY_COUNTS, ARRAY_ITEM_BIAS, ARRAY_ITEM_CURVATURE, ARRAY_ITEM_FACTORS, ARRAY_USER_GRAM
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,11 @@ class LocalUpdate:
 
     def segments(self) -> dict[str, np.ndarray]:
         """The arrays that are summed across devices, by name."""
-        return {"item_factors": self.item_factors, "item_bias": self.item_bias, "counts": self.counts,
-                **self.extra}
+        return {**self.fixed_segments(), **self.extra}
+
+    def fixed_segments(self) -> dict[str, np.ndarray]:
+        """The three arrays every model sends (:data:`fedrec.wire.UPDATE_SEGMENTS`), without :attr:`extra`."""
+        return {ARRAY_ITEM_FACTORS: self.item_factors, ARRAY_ITEM_BIAS: self.item_bias, ARRAY_COUNTS: self.counts}
 
 
 def local_update(glob: GlobalParams, local: LocalParams, items: np.ndarray, ratings: np.ndarray, *,

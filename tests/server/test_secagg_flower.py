@@ -552,3 +552,90 @@ def test_user_level_dp_with_pipelined_rounds_stops_on_budget_and_abandons_cleanl
     assert "pre-started secure aggregation (id 6) abandoned" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("fedrec")]
     assert not any(r.has_error() or errors_of(r) for r in rec.of_type(wire.MSG_SECAGG))
+
+
+WRMF = {**SMALL, "protocol": "R1", "model.loss": "wrmf", "model.reg": 1.0,
+        "model.confidence": 3.0, "model.recency-boost": 0.0, "strategy.optimizer": "sgd",
+        "strategy.server-lr": 1.0, "rounds": 2, "eval-every": 2, "secagg.clip": 64.0, "min-clients": N_DEVICES}
+
+
+def _wrmf_probe(logs: Path) -> Any:
+    """A client mod: after a device masked, keep the user factor it solved (``<round>-<node>.npy``)."""
+
+    def probe(msg: Message, context: Context, call_next: Any) -> Message:
+        reply = call_next(msg, context)
+        if wire.SECAGG_MASK in parts_of(msg) and wire.SECAGG_MASK in parts_of(reply):
+            state = context.state.array_records[wire.STATE_LOCAL]
+            (factor,) = [v.numpy() for k, v in state.items() if k.endswith(".factor")]
+            rnd = msg.content.config_records[wire.RECORD_CONFIG][wire.CFG_ROUND]
+            np.save(logs / f"{rnd}-{context.node_id}.npy", factor)
+        return reply
+
+    return probe
+
+
+def test_wrmf_secure_rounds_equal_the_reference_loop_and_hide_p_p_t(tmp_path: Path) -> None:
+    """``model.loss = "wrmf"`` under secure aggregation: ``p p^T`` and the curvature ride in the masked vector.
+
+    The table after two pipelined rounds is the plain reference loop's within the quantization
+    bound; every masked vector is as long as the five segments, uniform, and holds no scaled copy
+    of the user factor or of ``p p^T`` in any float reading.
+    """
+    from fedrec.data.spec import load_run_dataset
+    from fedrec.federated.reference import train_in_process
+
+    cfg = RunConfig.from_flat(WRMF)
+    box: dict[str, Any] = {}
+
+    def main(grid: Grid, context: Context) -> None:
+        box["grid"] = WireGrid(grid)
+        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
+
+    _simulate(main, make_client_app(mods=[_wrmf_probe(tmp_path)], run_config=cfg))
+    rec, result = box["grid"], box["result"]
+    assert [(r["round"], r["survivors"]) for r in result.history[-1:]] == [(2, N_DEVICES)]
+    ref_state, ref_history = train_in_process(load_run_dataset(cfg.data), cfg.model, cfg.fed)
+    np.testing.assert_allclose(result.state.glob.item_factors, ref_state.glob.item_factors, atol=1e-3)
+    assert result.history[-1]["hr@10"] == pytest.approx(ref_history[-1]["hr@10"], abs=1e-9)
+
+    masks = [r for r in rec.answered() if wire.SECAGG_MASK in parts_of(r)]
+    assert len(masks) == 2 * N_DEVICES
+    masked_bytes = b""
+    for reply in masks:
+        (masked,) = [v.numpy() for v in reply.content.array_records[
+            wire.secagg_arrays_record(wire.SECAGG_MASK)].values()]
+        assert masked.shape == (N_ITEMS * (DIM + 2) + DIM * DIM + N_ITEMS,)
+        rnd = round_of(reply, wire.SECAGG_MASK) // 2
+        p = np.load(tmp_path / f"{rnd}-{reply.metadata.src_node_id}.npy").astype(np.float64)
+        assert np.linalg.norm(p) > 0
+        for view in float_views(masked):
+            assert max_cosine(view, p) < 0.999, "a scaled copy of the user factor left the device"
+            assert max_cosine(view, np.outer(p, p).ravel()) < 0.999, "p p^T left the device"
+        masked_bytes += masked.tobytes()
+    assert chi_square(masked_bytes) < CHI2_LIMIT
+
+
+def test_a_server_that_drops_the_wrmf_segments_gets_no_masked_input(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A server whose setup lays out only the three fixed segments: every device refuses its mask part
+    (its update has ``p p^T`` and the curvature the layout has no room for), so nothing is summed and
+    the table does not move."""
+    monkeypatch.setattr(SecureRounds, "extra_segments", lambda self, state: ())
+    cfg = RunConfig.from_flat({**WRMF, "rounds": 1, "eval-every": 5})
+    box: dict[str, Any] = {}
+
+    def main(grid: Grid, context: Context) -> None:
+        box["grid"] = WireGrid(grid)
+        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
+
+    with caplog.at_level(logging.ERROR, logger="fedrec"):
+        _simulate(main, make_client_app(run_config=cfg))
+    rec, result = box["grid"], box["result"]
+    refused = [errors_of(r)[wire.SECAGG_MASK] for r in rec.of_type(wire.MSG_SECAGG)
+               if wire.SECAGG_MASK in errors_of(r)]
+    assert len(refused) == N_DEVICES and all(wire.ARRAY_USER_GRAM in reason for reason in refused), refused[:2]
+    leaked = [list(r.content.keys()) for r in rec.of_type(wire.MSG_SECAGG) if wire.SECAGG_MASK in parts_of(r)]
+    assert not leaked, leaked[:3]
+    assert "secure aggregation aborted" in caplog.text
+    start = ServerState.start(N_ITEMS, cfg.model, cfg.fed, global_mean=0.0)
+    np.testing.assert_array_equal(result.state.glob.item_factors, start.glob.item_factors)

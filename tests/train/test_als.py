@@ -227,8 +227,6 @@ def test_run_config_accepts_wrmf_keys() -> None:
     assert cfg.model.loss == "wrmf" and cfg.model.confidence == 20.0
     with pytest.raises(ConfigError, match="model.confidence"):
         RunConfig.from_flat({"protocol": "R1", "model.confidence": -1})
-    with pytest.raises(ConfigError, match="secagg.enabled = false"):
-        RunConfig.from_flat({"protocol": "R1", "model.loss": "wrmf", "secagg.enabled": True})
 
 
 def test_weights_must_match_the_interactions(small_implicit: Dataset) -> None:
