@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import time
-from dataclasses import replace
 from typing import Any
 
 from fedrec.data.interactions import Dataset
@@ -47,9 +46,8 @@ def run(data: Dataset, *, clip: float, reg: float, epsilon: float | None, rate: 
         flat.update({"dp.unit": "user", "dp.epsilon": epsilon, "dp.cohort-rate": rate, "dp.clip": clip,
                      "dp.delta": 1.0 / data.train.n_users})
     cfg = RunConfig.from_flat(flat)
-    fed = replace(cfg.fed, server=replace(cfg.fed.server, name="sgd", lr=float(BASE["strategy.server-lr"])))
     start = time.perf_counter()
-    row = train_in_process(data, cfg.model, fed, privacy=None if epsilon is None else cfg.privacy_plan())[1][-1]
+    row = train_in_process(data, cfg.model, cfg.fed, privacy=None if epsilon is None else cfg.privacy_plan())[1][-1]
     return {"clip": clip, "reg": reg, "epsilon": epsilon, "hr@10": float(row["hr@10"]),
             "ndcg@10": float(row["ndcg@10"]), "epsilon_spent": row.get("epsilon"),
             "seconds": time.perf_counter() - start}
@@ -80,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                           "test": tests}))
         return 0
     print(f"\nchosen on validation at epsilon {args.epsilon}: dp.clip {best['clip']}, model.reg {best['reg']}")
-    print(f"{'epsilon':>8} {'hr@10':>7} {'ndcg@10':>8}")
+    print(f"{'epsilon':>8} {'hr@10':>7} {'ndcg@10':>8} {'seconds':>8}")
     for row in tests:
         eps = "no DP" if row["epsilon"] is None else f"{row['epsilon']:g}"
-        print(f"{eps:>8} {row['hr@10']:>7.4f} {row['ndcg@10']:>8.4f}")
+        print(f"{eps:>8} {row['hr@10']:>7.4f} {row['ndcg@10']:>8.4f} {row['seconds']:>8.1f}")
     return 0
 
 

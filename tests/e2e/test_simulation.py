@@ -10,35 +10,21 @@ import numpy as np
 import pytest
 from fedrec.client.app import make_client_app
 from fedrec.client.device import simulation_source
-from fedrec.server.app import catalogue_for
-from fedrec.server.loop import train_over_grid
 from fedrec.simulations.runner import simulate
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
-from testkit import RecordingGrid
+from testkit import RecordingGrid, train_on_simulation_engine
 
 from fedrec import wire
 from fedrec.runconfig import RunConfig
 
 SMALL = {"synthetic.n-users": 24, "synthetic.n-items": 40, "synthetic.mean-interactions": 12, "rounds": 2,
          "eval-every": 1, "model.dim": 4}
-BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-           "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 
 
 def _run(cfg: RunConfig, client: ClientApp, n_devices: int) -> tuple[RecordingGrid | None, list[Any]]:
-    box: dict[str, Any] = {}
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        box["grid"] = RecordingGrid(grid)
-        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
-
-    run_simulation(server_app=app, client_app=client, num_supernodes=n_devices, backend_config=BACKEND)
-    return box.get("grid"), box["result"].history
+    grid, result = train_on_simulation_engine(cfg, n_devices, client_app=client)
+    return grid, result.history
 
 
 def test_simulate_writes_the_run_folder(tmp_path: Path) -> None:

@@ -6,13 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedrec.client.app import make_client_app
-from fedrec.server.app import catalogue_for
-from fedrec.server.loop import train_over_grid
-from flwr.app import Context, Message
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
-from testkit import RecordingGrid
+from testkit import RecordingGrid, train_on_simulation_engine
 
 from fedrec import wire
 from fedrec.data.spec import load_run_dataset
@@ -26,35 +20,11 @@ CFG = {"protocol": "R1", "synthetic.n-users": N_USERS, "synthetic.n-items": N_IT
        "synthetic.mean-interactions": 10, "rounds": 3, "eval-every": 1, "model.dim": DIM, "model.loss": "wrmf",
        "model.reg": 1.0, "model.confidence": 3.0, "model.pop-exponent": -0.5, "model.recency-boost": 0.0,
        "strategy.optimizer": "sgd", "strategy.server-lr": 1.0, "min-clients": N_USERS}
-BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-           "init_args": {"logging_level": "ERROR", "log_to_driver": False}}
 
 
-class _BothWays(RecordingGrid):
-    """Keeps the downlinks too."""
-
-    def __init__(self, grid: Grid) -> None:
-        super().__init__(grid)
-        self.sent: list[Message] = []
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
-        messages = list(messages)
-        self.sent.extend(messages)
-        return super().send_and_receive(messages, timeout=timeout)
-
-
-def _flower(cfg: RunConfig) -> tuple[_BothWays, list[dict[str, Any]], Any]:
-    box: dict[str, Any] = {}
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        box["grid"] = _BothWays(grid)
-        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
-
-    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=N_USERS,
-                   backend_config=BACKEND)
-    return box["grid"], box["result"].history, box["result"].state
+def _flower(cfg: RunConfig) -> tuple[RecordingGrid, list[dict[str, Any]], Any]:
+    grid, result = train_on_simulation_engine(cfg, N_USERS)
+    return grid, result.history, result.state
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from fedrec import wire
 from fedrec.data.interactions import Dataset
+from fedrec.data.partition import partitions
 from fedrec.errors import ConfigError
-from fedrec.federated.device import device_train
-from fedrec.federated.plan import build_plan, with_min_survivors
+from fedrec.federated.device import device_train, privatise_update
+from fedrec.federated.plan import PrivacyPlan, build_plan, with_min_survivors
 from fedrec.federated.policy import UserLevelPolicy
 from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import ServerState
@@ -27,9 +28,11 @@ from fedrec.train.local import LocalConfig, LocalUpdate
 WRMF = MFConfig(kind="implicit", dim=4, loss="wrmf", reg=1.0, confidence=3.0, recency_boost=0.0)
 
 
-def _plan(clip: float, *, noise: str = "central", noise_multiplier: float = 1.0, t_min: int | None = None):  # type: ignore[no-untyped-def]
-    plan = build_plan(DPConfig(unit="user", noise=noise, clip=clip, noise_multiplier=noise_multiplier,  # type: ignore[arg-type]
-                               cohort_rate=0.5), rounds=3, lr=1.0)
+def _plan(clip: float, *, noise: str = "central", noise_multiplier: float = 1.0,
+          t_min: int | None = None) -> PrivacyPlan:
+    dp = DPConfig(unit="user", noise=noise, clip=clip, noise_multiplier=noise_multiplier,  # type: ignore[arg-type]
+                  cohort_rate=0.5)
+    plan = build_plan(dp, rounds=3, lr=1.0)
     plan = with_min_survivors(plan, t_min) if t_min is not None else plan
     assert plan.user is not None
     return plan
@@ -46,14 +49,13 @@ def _joint_norm(update: LocalUpdate) -> float:
 def test_the_joint_clip_covers_the_extra_segments(n_items: int, dim: int, scale: float, clip: float,
                                                   seed: int) -> None:
     """Whatever the segments' sizes: the norm over all of them is at most ``S``; under it, nothing changes."""
-    from fedrec.federated.device import privatise_update
-
     rng = np.random.default_rng(seed)
     update = LocalUpdate(scale * rng.standard_normal((n_items, dim)).astype(np.float32),
                          scale * rng.standard_normal(n_items).astype(np.float32), np.ones(n_items, np.float32), 5,
                          0.1, {wire.ARRAY_USER_GRAM: scale * rng.standard_normal(dim * dim).astype(np.float32),
                                wire.ARRAY_ITEM_CURVATURE: scale * rng.standard_normal(n_items).astype(np.float32)})
     plan = _plan(clip, noise_multiplier=0.0).user
+    assert plan is not None
     out = privatise_update(update, plan, rng=np.random.default_rng(0))
     before, after = _joint_norm(update), _joint_norm(out)
     assert after <= clip * (1 + 1e-5)
@@ -72,8 +74,6 @@ def test_distributed_noise_reaches_the_extra_segments(small_implicit: Dataset) -
     plan = _plan(0.5, noise="distributed", noise_multiplier=2.0, t_min=4)
     assert plan.user is not None
     glob = GlobalParams.init(small_implicit.train.n_items, WRMF.dim, init_std=0.1, seed=0)
-    from fedrec.data.partition import partitions
-
     source = partitions(small_implicit)[0]
     outs = [device_train(source, {}, glob, model=WRMF, local=LocalConfig(), seed=0, round_=r, privacy=plan,
                          seeded_noise=True).update for r in range(40)]
@@ -124,9 +124,9 @@ def test_wrmf_under_user_level_dp_through_the_reference_loop(small_implicit: Dat
     """Every segment noised and the budget reported: the loop trains and stays finite."""
     model = replace(WRMF, dim=8)
     cfg = RunConfig.from_flat({"protocol": "R1", "model.loss": "wrmf", "dp.unit": "user", "dp.epsilon": 50.0,
-                               "dp.cohort-rate": 0.5, "dp.clip": 2.0, "rounds": 3, "eval-every": 3})
-    fed = replace(cfg.fed, server=ServerOptConfig(name="sgd", lr=1.0))
-    state, history = train_in_process(small_implicit, model, fed, privacy=cfg.privacy_plan())
+                               "dp.cohort-rate": 0.5, "dp.clip": 2.0, "rounds": 3, "eval-every": 3,
+                               "strategy.optimizer": "sgd", "strategy.server-lr": 1.0})
+    state, history = train_in_process(small_implicit, model, cfg.fed, privacy=cfg.privacy_plan())
     assert np.isfinite(state.glob.item_factors).all()
     assert history[-1]["dp_unit"] == "user" and 0 < history[-1]["epsilon"] <= 50.0
     assert 0 <= history[-1]["hr@10"] <= 1

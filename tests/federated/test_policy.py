@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from testkit import opacus_epsilon
+from testkit import opacus_epsilon, train_on_simulation_engine
 
 from fedrec import wire
 from fedrec.errors import ConfigError, PrivacyError
@@ -181,13 +181,6 @@ def test_policy_of_a_config_user_level_round() -> None:
 @pytest.mark.parametrize("unit", ["rating", "user"])
 def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
     """Real ServerApp and ClientApps on Ray: every row has epsilon; no DP device sends counts."""
-    from fedrec.client.app import make_client_app
-    from fedrec.server.app import catalogue_for
-    from fedrec.server.loop import train_over_grid
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
     flat: dict[str, Any] = {"synthetic.n-users": 16, "synthetic.n-items": 30, "synthetic.mean-interactions": 10,
                             "rounds": 2, "eval-every": 1, "model.dim": 4, "dp.unit": unit}
     if unit == "user":
@@ -195,26 +188,9 @@ def test_flower_round_rows_carry_the_guarantee(unit: str) -> None:
     else:
         flat.update({"dp.noise-multiplier": 1.0, "dp.batch-size": 64})
     cfg = RunConfig.from_flat(flat)
-    box: dict[str, Any] = {}
-    replies: list[Any] = []
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        real = grid.send_and_receive
-
-        def recording(messages: Any, *, timeout: float | None = None) -> Any:
-            out = list(real(messages, timeout=timeout))
-            replies.extend(out)
-            return out
-
-        grid.send_and_receive = recording  # type: ignore[method-assign]
-        box["result"] = train_over_grid(grid, cfg, catalogue_for(cfg))
-
-    run_simulation(server_app=app, client_app=make_client_app(run_config=cfg), num_supernodes=16,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
-    history = box["result"].history
+    grid, result = train_on_simulation_engine(cfg, 16)
+    replies = grid.replies
+    history = result.history
     assert [row["round"] for row in history] == [1, 2]
     for row in history:
         assert row["dp_unit"] == unit and "epsilon" in row and row["epsilon"] > 0 and "rmse" in row

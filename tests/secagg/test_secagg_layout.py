@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrec.errors import SecAggConfigError, SecAggMessageError
+from fedrec.errors import SecAggConfigError, SecAggError, SecAggMessageError
+from fedrec.model.mf import MFConfig
+from fedrec.model.params import GlobalParams, LocalParams
 from fedrec.secagg import (
     SegmentSpec,
     aggregate_in_process,
@@ -13,7 +15,10 @@ from fedrec.secagg import (
     flatten_update,
     quant_config_for,
     unflatten_sums,
+    wrmf_segments,
 )
+from fedrec.train.local import LocalConfig, local_update
+from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM, WRMF_SEGMENTS
 
 
 def update(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -47,13 +52,6 @@ def test_extra_segments_cannot_shadow_the_update() -> None:
 def test_wrmf_updates_are_summed_securely_segment_by_segment() -> None:
     """Real ``"wrmf"`` device updates through the five-segment layout: each sum is the plain sum of the clipped
     segments within the quantization bound, and a device without room for its segments refuses."""
-    from fedrec.errors import SecAggError
-    from fedrec.model.mf import MFConfig
-    from fedrec.model.params import GlobalParams, LocalParams
-    from fedrec.secagg import wrmf_segments
-    from fedrec.train.local import LocalConfig, local_update
-    from fedrec.wire import ARRAY_ITEM_CURVATURE, ARRAY_USER_GRAM, WRMF_SEGMENTS
-
     n_items, dim, clip = 12, 3, 2.0
     model = MFConfig(kind="implicit", dim=dim, loss="wrmf", reg=0.5, confidence=4.0, recency_boost=0.0)
     glob = GlobalParams.init(n_items, dim, init_std=0.5, seed=2)

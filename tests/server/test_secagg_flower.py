@@ -28,9 +28,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 from flwr.supercore.task_identity import TaskIdentity
-from testkit import chi_square
+from testkit import chi_square, train_on_simulation_engine
 
 from fedrec import wire
+from fedrec.data.spec import load_run_dataset
+from fedrec.federated.reference import train_in_process
 from fedrec.federated.server_state import ServerState
 from fedrec.runconfig import RunConfig
 from fedrec.secagg import flatten_update, protocol_round_id, quant_config_for
@@ -559,21 +561,6 @@ WRMF = {**SMALL, "protocol": "R1", "model.loss": "wrmf", "model.reg": 1.0,
         "strategy.server-lr": 1.0, "rounds": 2, "eval-every": 2, "secagg.clip": 64.0, "min-clients": N_DEVICES}
 
 
-def _wrmf_probe(logs: Path) -> Any:
-    """A client mod: after a device masked, keep the user factor it solved (``<round>-<node>.npy``)."""
-
-    def probe(msg: Message, context: Context, call_next: Any) -> Message:
-        reply = call_next(msg, context)
-        if wire.SECAGG_MASK in parts_of(msg) and wire.SECAGG_MASK in parts_of(reply):
-            state = context.state.array_records[wire.STATE_LOCAL]
-            (factor,) = [v.numpy() for k, v in state.items() if k.endswith(".factor")]
-            rnd = msg.content.config_records[wire.RECORD_CONFIG][wire.CFG_ROUND]
-            np.save(logs / f"{rnd}-{context.node_id}.npy", factor)
-        return reply
-
-    return probe
-
-
 def test_wrmf_secure_rounds_equal_the_reference_loop_and_hide_p_p_t(tmp_path: Path) -> None:
     """``model.loss = "wrmf"`` under secure aggregation: ``p p^T`` and the curvature ride in the masked vector.
 
@@ -581,18 +568,9 @@ def test_wrmf_secure_rounds_equal_the_reference_loop_and_hide_p_p_t(tmp_path: Pa
     bound; every masked vector is as long as the five segments, uniform, and holds no scaled copy
     of the user factor or of ``p p^T`` in any float reading.
     """
-    from fedrec.data.spec import load_run_dataset
-    from fedrec.federated.reference import train_in_process
-
     cfg = RunConfig.from_flat(WRMF)
-    box: dict[str, Any] = {}
-
-    def main(grid: Grid, context: Context) -> None:
-        box["grid"] = WireGrid(grid)
-        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
-
-    _simulate(main, make_client_app(mods=[_wrmf_probe(tmp_path)], run_config=cfg))
-    rec, result = box["grid"], box["result"]
+    rec, result = train_on_simulation_engine(cfg, N_DEVICES, grid_type=WireGrid,
+                                             client_app=make_client_app(mods=[_probe(cfg, tmp_path)], run_config=cfg))
     assert [(r["round"], r["survivors"]) for r in result.history[-1:]] == [(2, N_DEVICES)]
     ref_state, ref_history = train_in_process(load_run_dataset(cfg.data), cfg.model, cfg.fed)
     np.testing.assert_allclose(result.state.glob.item_factors, ref_state.glob.item_factors, atol=1e-3)
@@ -606,7 +584,7 @@ def test_wrmf_secure_rounds_equal_the_reference_loop_and_hide_p_p_t(tmp_path: Pa
             wire.secagg_arrays_record(wire.SECAGG_MASK)].values()]
         assert masked.shape == (N_ITEMS * (DIM + 2) + DIM * DIM + N_ITEMS,)
         rnd = round_of(reply, wire.SECAGG_MASK) // 2
-        p = np.load(tmp_path / f"{rnd}-{reply.metadata.src_node_id}.npy").astype(np.float64)
+        p = np.load(tmp_path / f"{rnd}-{reply.metadata.src_node_id}.npz")["factor"].astype(np.float64)
         assert np.linalg.norm(p) > 0
         for view in float_views(masked):
             assert max_cosine(view, p) < 0.999, "a scaled copy of the user factor left the device"
@@ -622,15 +600,8 @@ def test_a_server_that_drops_the_wrmf_segments_gets_no_masked_input(
     the table does not move."""
     monkeypatch.setattr(SecureRounds, "extra_segments", lambda self, state: ())
     cfg = RunConfig.from_flat({**WRMF, "rounds": 1, "eval-every": 5})
-    box: dict[str, Any] = {}
-
-    def main(grid: Grid, context: Context) -> None:
-        box["grid"] = WireGrid(grid)
-        box["result"] = train_over_grid(box["grid"], cfg, catalogue_for(cfg))
-
     with caplog.at_level(logging.ERROR, logger="fedrec"):
-        _simulate(main, make_client_app(run_config=cfg))
-    rec, result = box["grid"], box["result"]
+        rec, result = train_on_simulation_engine(cfg, N_DEVICES, grid_type=WireGrid)
     refused = [errors_of(r)[wire.SECAGG_MASK] for r in rec.of_type(wire.MSG_SECAGG)
                if wire.SECAGG_MASK in errors_of(r)]
     assert len(refused) == N_DEVICES and all(wire.ARRAY_USER_GRAM in reason for reason in refused), refused[:2]
