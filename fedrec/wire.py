@@ -93,10 +93,15 @@ ARRAY_COUNTS = "counts"
 UPDATE_SEGMENTS = (ARRAY_ITEM_FACTORS, ARRAY_ITEM_BIAS, ARRAY_COUNTS)
 # Extra summed segments of a model.loss = "wrmf" update: p p^T (dim*dim, flattened) and,
 # per touched item, the curvature trace (c - m_i) |p|^2 (n_items). The plain Flower uplink
-# carries them (server/loop.py sums them); the secure-aggregation layout does not yet.
+# (server/loop.py) and the secure-aggregation layout (fedrec.secagg.wrmf_segments) carry them.
 ARRAY_USER_GRAM = "user_gram"
 ARRAY_ITEM_CURVATURE = "item_curvature"
 WRMF_SEGMENTS = (ARRAY_USER_GRAM, ARRAY_ITEM_CURVATURE)
+
+
+def wrmf_segment_lengths(n_items: int, dim: int) -> dict[str, int]:
+    """Length of each :data:`WRMF_SEGMENTS` segment, in wire order: ``dim * dim``, then ``n_items``."""
+    return {ARRAY_USER_GRAM: dim * dim, ARRAY_ITEM_CURVATURE: n_items}
 
 # Config keys (downlink).
 CFG_ROUND = "round"

@@ -157,7 +157,7 @@ def _train_round(grid: Grid, cfg: RunConfig, state: ServerState, cohort: list[in
     n_items, dim = state.glob.n_items, state.glob.dim
     sums = [np.zeros((n_items, dim), np.float64), np.zeros(n_items, np.float64), np.zeros(n_items, np.float64)]
     wrmf = state.wrmf_reg is not None
-    extra = {wire.ARRAY_USER_GRAM: np.zeros(dim * dim), wire.ARRAY_ITEM_CURVATURE: np.zeros(n_items)} if wrmf else {}
+    extra = {name: np.zeros(length) for name, length in wire.wrmf_segment_lengths(n_items, dim).items()} if wrmf else {}
     survivors, dropped, device_metrics = 0, [], []
     for node in cohort:
         reply = replies.get(node)

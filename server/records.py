@@ -55,7 +55,7 @@ def update_arrays(reply: Message, n_items: int, dim: int, *, wrmf: bool = False)
     expected = {wire.ARRAY_ITEM_FACTORS: (n_items, dim), wire.ARRAY_ITEM_BIAS: (n_items,),
                 wire.ARRAY_COUNTS: (n_items,)}
     if wrmf:
-        expected.update({wire.ARRAY_USER_GRAM: (dim * dim,), wire.ARRAY_ITEM_CURVATURE: (n_items,)})
+        expected.update({name: (length,) for name, length in wire.wrmf_segment_lengths(n_items, dim).items()})
     out = {}
     for name, shape in expected.items():
         if name not in record:

@@ -31,14 +31,7 @@ import numpy as np
 
 from fedrec.errors import SecAggConfigError, SecAggMessageError
 from fedrec.secagg.quantize import QuantConfig, SegmentSpec
-from fedrec.wire import (
-    ARRAY_COUNTS,
-    ARRAY_ITEM_BIAS,
-    ARRAY_ITEM_CURVATURE,
-    ARRAY_ITEM_FACTORS,
-    ARRAY_USER_GRAM,
-    UPDATE_SEGMENTS,
-)
+from fedrec.wire import ARRAY_COUNTS, ARRAY_ITEM_BIAS, ARRAY_ITEM_FACTORS, UPDATE_SEGMENTS, wrmf_segment_lengths
 
 __all__ = [
     "DIGEST_BYTES",
@@ -117,8 +110,9 @@ def wrmf_segments(*, n_items: int, dim: int, clip: float) -> tuple[SegmentSpec, 
     (:func:`fedrec.train.aggregate.wrmf_direction`) needs both sums: without
     them a secure ``wrmf`` round could not move the table.
     """
-    return (SegmentSpec.symmetric(ARRAY_USER_GRAM, dim * dim, clip=clip),
-            SegmentSpec.symmetric(ARRAY_ITEM_CURVATURE, n_items, clip=clip))
+    gram, curvature = (SegmentSpec.symmetric(name, length, clip=clip)
+                       for name, length in wrmf_segment_lengths(n_items, dim).items())
+    return gram, curvature
 
 
 def flatten_update(
